@@ -1,0 +1,355 @@
+"""Backbones: CLIP models from open_clip and ImageNet models from timm behind one small interface.
+
+A backbone spec follows open_clip: ``ViT-B-32`` with ``pretrained`` = a tag (``openai``), a file path or
+``none`` (random weights); ``hf-hub:org/repo``; ``local-dir:/path`` (``open_clip_config.json`` plus weights);
+and ``timm:<name>`` for ImageNet baselines, where ``<name>`` is anything ``timm.create_model`` accepts.
+
+Images reach a backbone as uint8 batches (N, 3, H, W) already resized and cropped by the image pipeline;
+:meth:`Backbone.normalize` turns them into the model's input on its own device, so only bytes cross PCIe.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import open_clip
+import timm
+import torch
+from torch import nn
+
+from .weights import WeightsNotFoundError, hub_file
+
+DEFAULT_MODEL = "ViT-B-32"
+DEFAULT_PRETRAINED = "openai"
+RANDOM_WEIGHTS = ("none", "random")
+_OPEN_CLIP_WEIGHT_NAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+_TIMM_WEIGHT_NAMES = ("model.safetensors", "pytorch_model.bin")
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """What the image pipeline must do before a model sees an image.
+
+    The shorter side is resized to ``resize_size`` and the centre ``size`` x ``size`` crop is kept
+    (``resize_mode='shortest'``), or the image is squashed to ``size`` x ``size`` (``'squash'``).
+    """
+
+    size: int
+    resize_size: int
+    interpolation: str = "bicubic"
+    mean: tuple[float, float, float] = open_clip.OPENAI_DATASET_MEAN
+    std: tuple[float, float, float] = open_clip.OPENAI_DATASET_STD
+    resize_mode: str = "shortest"
+
+    def __post_init__(self) -> None:
+        if self.resize_mode not in ("shortest", "squash"):
+            raise ValueError(f"unsupported resize mode {self.resize_mode!r} (supported: shortest, squash)")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Backbone(nn.Module):
+    """A CLIP or ImageNet image model with its preprocessing, tokenizer (CLIP) and identity.
+
+    Attributes:
+        spec: the model spec the user gave (``ViT-B-32``, ``timm:resnet50``, ``local-dir:...``).
+        pretrained: the weights tag or file, ``none`` for random weights, None where the spec names them.
+        kind: ``clip`` or ``timm``.
+        feature_dim: width of :meth:`encode_image` output.
+        preprocess_cfg: the model's own preprocessing.
+        weights_id: a string that changes whenever the weights do (used by caches).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        spec: str,
+        pretrained: str | None,
+        kind: str,
+        preprocess_cfg: PreprocessConfig,
+        weights_id: str,
+        tokenizer=None,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.spec = spec
+        self.pretrained = pretrained
+        self.kind = kind
+        self.preprocess_cfg = preprocess_cfg
+        self.weights_id = weights_id
+        self._tokenizer = tokenizer
+        self.register_buffer("_mean", torch.tensor(preprocess_cfg.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("_std", torch.tensor(preprocess_cfg.std).view(1, 3, 1, 1), persistent=False)
+        self.feature_dim = self._probe_feature_dim()
+
+    @property
+    def has_text(self) -> bool:
+        return self.kind == "clip"
+
+    @property
+    def device(self) -> torch.device:
+        return self._mean.device
+
+    def describe(self) -> dict:
+        """JSON-serialisable description, stored in every file made with this backbone."""
+        return {
+            "model": self.spec,
+            "pretrained": self.pretrained,
+            "kind": self.kind,
+            "feature_dim": self.feature_dim,
+            "preprocess": self.preprocess_cfg.to_dict(),
+            "weights_id": self.weights_id,
+        }
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (N, 3, H, W) in 0..255 -> float model input, on the backbone's device."""
+        images = images.to(self.device, non_blocking=True)
+        return (images.float() / 255.0 - self._mean) / self._std
+
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Image features: CLIP's projected embedding, or a timm model's pre-logits features."""
+        if self.kind == "clip":
+            return self.model.encode_image(pixels)
+        return self.model(pixels)
+
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        """CLIP text embeddings of tokenized texts."""
+        if not self.has_text:
+            raise TypeError(f"{self.spec} is an image-only model: it has no text encoder")
+        return self.model.encode_text(tokens.to(self.device))
+
+    def tokenize(self, texts: list[str]) -> torch.Tensor:
+        if not self.has_text:
+            raise TypeError(f"{self.spec} is an image-only model: it has no tokenizer")
+        return self._tokenizer(texts)
+
+    def _probe_feature_dim(self) -> int:
+        if self.kind == "clip":
+            return int(self.model.visual.output_dim)
+        return int(self.model.num_features)
+
+
+def _file_identity(path: str | os.PathLike) -> str:
+    stat = os.stat(path)
+    return f"{os.path.realpath(path)}:{stat.st_size}:{int(stat.st_mtime)}"
+
+
+def _clip_preprocess(model: nn.Module) -> PreprocessConfig:
+    cfg = open_clip.get_model_preprocess_cfg(model)
+    size = cfg.get("size", 224)
+    size = size if isinstance(size, int) else int(size[0])
+    return PreprocessConfig(
+        size=size,
+        resize_size=size,
+        interpolation=cfg.get("interpolation", "bicubic"),
+        mean=tuple(cfg.get("mean", open_clip.OPENAI_DATASET_MEAN)),
+        std=tuple(cfg.get("std", open_clip.OPENAI_DATASET_STD)),
+        resize_mode=cfg.get("resize_mode", "shortest"),
+    )
+
+
+def _quick_gelu_for_file(name: str, path: str) -> bool:
+    """QuickGELU for a weights file: true when it comes from a tag trained with QuickGELU.
+
+    A file is recognised by its Hugging Face cache folder (``models--timm--vit_base_patch32_clip_224.openai``)
+    or by the tag appearing in its file name (``ViT-B-32-openai.safetensors``).
+    """
+    text = path.replace(os.sep, "/").lower()
+    for tag in open_clip.list_pretrained_tags_by_model(name):
+        cfg = open_clip.get_pretrained_cfg(name, tag)
+        if not cfg.get("quick_gelu"):
+            continue
+        repo = cfg.get("hf_hub", "").strip("/").split("/")
+        repo_dir = f"models--{repo[0]}--{repo[1]}".lower() if len(repo) >= 2 else None
+        if (repo_dir and repo_dir in text) or re.search(
+            rf"(^|[^a-z0-9]){re.escape(tag.lower())}([^a-z0-9]|$)", Path(text).name
+        ):
+            return True
+    return False
+
+
+def _local_dir_checked(path: str) -> str:
+    folder = Path(path).expanduser()
+    if not (folder / "open_clip_config.json").is_file():
+        raise WeightsNotFoundError(f"local-dir:{path} has no open_clip_config.json")
+    if not any(folder.glob(pattern) for pattern in ("*.safetensors", "*.bin", "*.pth")):
+        raise WeightsNotFoundError(
+            f"local-dir:{path} has no weights file (expected open_clip_model.safetensors beside the config)"
+        )
+    return str(folder.resolve())
+
+
+def _load_open_clip(spec: str, pretrained: str | None, quick_gelu: bool | None) -> Backbone:
+    kwargs: dict = {}
+    if spec.startswith("hf-hub:"):
+        repo = spec.removeprefix("hf-hub:")
+        hint = "pass --model local-dir:FOLDER with open_clip_config.json and the weights"
+        config = hub_file(repo, ("open_clip_config.json",), f"config of {repo}", hint)
+        hub_file(repo, _OPEN_CLIP_WEIGHT_NAMES, f"weights of {repo}", hint)
+        # both files sit in the same cache snapshot folder: load it as a local dir, so nothing touches the network
+        name, weights_id = f"local-dir:{Path(config).parent}", f"hf-hub:{repo}"
+    elif spec.startswith("local-dir:"):
+        folder = _local_dir_checked(spec.removeprefix("local-dir:"))
+        name, weights_id = f"local-dir:{folder}", folder
+    else:
+        name = spec.replace("/", "-")
+        if name not in open_clip.list_models():
+            raise ValueError(
+                f"unknown model {spec!r}: see `clip-aesthetics models` or open_clip.list_models()"
+            )
+        pretrained = DEFAULT_PRETRAINED if pretrained is None else pretrained
+        if pretrained in RANDOM_WEIGHTS:
+            weights_id = f"{name}:random"
+        elif os.path.isfile(pretrained):
+            kwargs["pretrained"] = pretrained
+            kwargs["force_quick_gelu"] = (
+                _quick_gelu_for_file(name, pretrained) if quick_gelu is None else quick_gelu
+            )
+            weights_id = _file_identity(pretrained)
+        else:
+            cfg = open_clip.get_pretrained_cfg(name, pretrained)
+            if not cfg:
+                tags = ", ".join(open_clip.list_pretrained_tags_by_model(name)) or "none"
+                raise WeightsNotFoundError(
+                    f"--pretrained {pretrained!r} is neither a file nor a known tag of {name} (tags: {tags})"
+                )
+            kwargs["pretrained"] = _tag_file(name, pretrained, cfg)
+            # the activation must match the one the weights were trained with (OpenAI weights: QuickGELU)
+            kwargs["force_quick_gelu"] = bool(cfg.get("quick_gelu")) if quick_gelu is None else quick_gelu
+            kwargs["force_preprocess_cfg"] = {
+                k: cfg[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in cfg
+            }
+            weights_id = f"{name}:{pretrained}"
+    model = open_clip.create_model(name, **kwargs)
+    model.eval()
+    tokenizer = open_clip.get_tokenizer(name)
+    return Backbone(
+        model,
+        spec=spec,
+        pretrained=pretrained if not spec.startswith(("hf-hub:", "local-dir:")) else None,
+        kind="clip",
+        preprocess_cfg=_clip_preprocess(model),
+        weights_id=weights_id,
+        tokenizer=tokenizer,
+    )
+
+
+def _tag_file(name: str, tag: str, cfg: dict) -> str:
+    hint = f"pass --pretrained /path/to/{name}-{tag}.safetensors"
+    repo = cfg.get("hf_hub", "")
+    if not repo:
+        raise WeightsNotFoundError(
+            f"{name}/{tag} weights are only published at {cfg.get('url')}: download that file and {hint}"
+        )
+    repo_id, filename = os.path.split(repo.rstrip("/")) if not repo.endswith("/") else (repo.rstrip("/"), "")
+    names = (
+        _OPEN_CLIP_WEIGHT_NAMES
+        if not filename
+        else (re.sub(r"\.(bin|pth)$", ".safetensors", filename), filename)
+    )
+    return hub_file(repo_id, tuple(dict.fromkeys(names)), f"{name} weights '{tag}'", hint)
+
+
+def _timm_preprocess(model: nn.Module) -> PreprocessConfig:
+    cfg = timm.data.resolve_model_data_config(model)
+    size = int(cfg["input_size"][-1])
+    crop_pct = cfg.get("crop_pct", 1.0) or 1.0
+    mode = cfg.get("crop_mode", "center")
+    if mode not in ("center", "squash"):
+        raise ValueError(f"timm crop mode {mode!r} is not supported (supported: center, squash)")
+    # timm's eval transform resizes the shorter side to floor(size / crop_pct) and centre-crops `size`
+    return PreprocessConfig(
+        size=size,
+        resize_size=int(size / crop_pct) if mode == "center" else size,
+        interpolation=cfg.get("interpolation", "bicubic"),
+        mean=tuple(cfg["mean"]),
+        std=tuple(cfg["std"]),
+        resize_mode="shortest" if mode == "center" else "squash",
+    )
+
+
+def _load_timm(name: str, pretrained: str | None) -> Backbone:
+    kwargs: dict = {"num_classes": 0}
+    if pretrained in RANDOM_WEIGHTS:
+        weights_id = f"timm:{name}:random"
+    elif pretrained is not None and os.path.isfile(pretrained):
+        kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": pretrained})
+        weights_id = _file_identity(pretrained)
+    elif pretrained is not None:
+        raise WeightsNotFoundError(
+            f"--pretrained {pretrained!r} for timm:{name} is not a file "
+            "(timm models take their weights from the name, a file, or 'none')"
+        )
+    elif name.startswith("local-dir:"):
+        kwargs["pretrained"] = True
+        weights_id = str(Path(name.removeprefix("local-dir:")).resolve())
+    else:
+        repo = name.removeprefix("hf-hub:") if name.startswith("hf-hub:") else _timm_hub_id(name)
+        hint = f"pass --pretrained /path/to/{name.split('/')[-1]}.safetensors"
+        weights = hub_file(repo, _TIMM_WEIGHT_NAMES, f"timm:{name} weights", hint)
+        if name.startswith("hf-hub:"):
+            hub_file(repo, ("config.json",), f"config of {repo}", hint)
+            name = f"local-dir:{Path(weights).parent}"  # config + weights from the cache, no network
+            kwargs["pretrained"] = True
+        else:
+            kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": weights})
+        weights_id = f"timm:{repo}"
+    model = timm.create_model(name, **kwargs)
+    model.eval()
+    return Backbone(
+        model,
+        spec=f"timm:{name}",
+        pretrained=pretrained,
+        kind="timm",
+        preprocess_cfg=_timm_preprocess(model),
+        weights_id=weights_id,
+    )
+
+
+def _timm_hub_id(name: str) -> str:
+    cfg = timm.models.get_pretrained_cfg(name)
+    if cfg is None or not getattr(cfg, "hf_hub_id", None):
+        raise WeightsNotFoundError(
+            f"timm:{name} has no Hugging Face weights: pass --pretrained FILE or 'none'"
+        )
+    return cfg.hf_hub_id
+
+
+def load_backbone(
+    model: str = DEFAULT_MODEL,
+    pretrained: str | None = None,
+    *,
+    device: str | None = None,
+    quick_gelu: bool | None = None,
+) -> Backbone:
+    """Load a CLIP or timm backbone, weights from a file, a local folder or the Hugging Face cache.
+
+    Args:
+        model: ``ViT-B-32``, ``hf-hub:org/repo``, ``local-dir:/path`` or ``timm:<name>``.
+        pretrained: for open_clip names a tag (default ``openai``), a file, or ``none`` for random weights;
+            for timm a file or ``none`` (default: the weights the name selects).
+        device: ``cuda``, ``cpu``, ... (default: CUDA when available).
+        quick_gelu: force the activation for a weights file; by default it follows the weights' origin.
+
+    Raises:
+        WeightsNotFoundError: weights are neither cached nor downloadable; the message says what to do.
+    """
+    if model.startswith("timm:"):
+        backbone = _load_timm(model.removeprefix("timm:"), pretrained)
+    else:
+        backbone = _load_open_clip(model, pretrained, quick_gelu)
+    return backbone.to(resolve_device(device))
+
+
+def resolve_device(device: str | None) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"--device {device} was asked for but CUDA is not available on this machine")
+    return resolved

@@ -1,0 +1,11 @@
+"""Command-line interface: thin commands over the library."""
+
+from . import models, score  # noqa: F401  (registers the commands)
+from .app import app
+
+
+def main() -> None:
+    app()
+
+
+__all__ = ["app", "main"]

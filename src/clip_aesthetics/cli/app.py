@@ -1,0 +1,57 @@
+"""The typer application and the error handling every command shares."""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+
+import typer
+from rich.console import Console
+
+from ..images import ImageLoadError
+from ..weights import WeightsNotFoundError
+
+app = typer.Typer(
+    name="clip-aesthetics",
+    no_args_is_help=True,
+    add_completion=False,
+    help="Image aesthetic assessment with CLIP: score, evaluate, probe and fine-tune.",
+)
+console = Console()
+err_console = Console(stderr=True)
+
+# Errors a user can act on: shown as one line, never as a traceback.
+USER_ERRORS = (
+    FileNotFoundError,
+    NotADirectoryError,
+    PermissionError,
+    WeightsNotFoundError,
+    ValueError,
+    TypeError,
+    ImageLoadError,
+    RuntimeError,
+)
+EXIT_NOTHING_DONE = 1
+EXIT_USAGE = 2
+
+
+def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
+    """Print ``error: message`` on stderr; return the Exit to raise."""
+    err_console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def user_errors(command: Callable) -> Callable:
+    """Turn the errors a user can fix into a one-line message and exit code 2."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except USER_ERRORS as exc:
+            if os.environ.get("CLIP_AESTHETICS_DEBUG"):  # show the traceback when asked
+                raise
+            raise fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+
+    return wrapper

@@ -1,0 +1,95 @@
+"""`clip-aesthetics score`: score and rank photos."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from ..images import DEFAULT_MAX_PIXELS, find_images
+from ..prompts import PromptGroups, load_prompt_file
+from ..scoring import build_scorer, errors_path_for, score_paths, write_rows
+from .app import EXIT_NOTHING_DONE, app, console, err_console, fail, user_errors
+
+
+def prompt_groups(
+    positive: list[str] | None, negative: list[str] | None, prompts: Path | None
+) -> PromptGroups | None:
+    """Custom prompts from the command line or a file; None keeps the paper's defaults."""
+    if prompts is not None and (positive or negative):
+        raise ValueError("use either --prompts FILE or --positive/--negative, not both")
+    if prompts is not None:
+        return load_prompt_file(prompts)
+    if bool(positive) != bool(negative):
+        raise ValueError("--positive and --negative go together: give at least one of each")
+    return PromptGroups(tuple(positive), tuple(negative)) if positive else None
+
+
+@app.command()
+@user_errors
+def score(
+    paths: list[Path] = typer.Argument(..., help="Image files or folders (walked recursively)."),
+    model: str = typer.Option(
+        None, "--model", "-m", help="Backbone: ViT-B-32, hf-hub:org/repo, local-dir:PATH."
+    ),
+    pretrained: str = typer.Option(None, help="Weights: a tag (default openai), a file, or 'none'."),
+    scorer_file: str = typer.Option(
+        None, "--scorer", help="A saved scorer file instead of zero-shot prompts."
+    ),
+    positive: list[str] = typer.Option(
+        None, "--positive", help="Positive prompt text (repeatable, verbatim)."
+    ),
+    negative: list[str] = typer.Option(
+        None, "--negative", help="Negative prompt text (repeatable, verbatim)."
+    ),
+    prompts: Path = typer.Option(None, help="JSON or YAML file with 'positive' and 'negative' lists."),
+    output: Path = typer.Option(None, "--output", "-o", help="Ranked results: .csv, .jsonl or .parquet."),
+    batch_size: int = typer.Option(64, min=1, help="Images per model call."),
+    device: str = typer.Option("auto", help="auto (CUDA if present), cpu, cuda, cuda:1, ..."),
+    precision: str = typer.Option("auto", help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16, fp16."),
+    workers: int = typer.Option(None, min=0, help="Decoding processes (default: one per core, at most 8)."),
+    top: int = typer.Option(10, min=0, help="How many of the best images to show."),
+    max_pixels: int = typer.Option(
+        DEFAULT_MAX_PIXELS, min=1, help="Refuse larger images (decompression bombs)."
+    ),
+) -> None:
+    """Score and rank photos by aesthetic quality (zero-shot by default: 'outstanding' vs 'horrible')."""
+    groups = prompt_groups(positive, negative, prompts)
+    files = find_images(paths)
+    if not files:
+        raise fail(f"no image files found under {', '.join(map(str, paths))}", EXIT_NOTHING_DONE)
+    scorer = build_scorer(
+        scorer_file or "zeroshot", model=model, pretrained=pretrained, prompts=groups, device=device
+    )
+    report = score_paths(
+        scorer, files, batch_size=batch_size, workers=workers, precision=precision, max_pixels=max_pixels
+    )
+    for error in report.errors:
+        err_console.print(f"[yellow]skipped[/yellow] {error['path']}: {error['error']}", highlight=False)
+    if output is not None:
+        write_rows(report.rows, output)
+        if report.errors:
+            write_rows(report.errors, errors_path_for(output).with_suffix(".csv"))
+    _summary(report, top, output)
+    if not report.rows:
+        raise fail(f"none of the {len(files)} images could be read", EXIT_NOTHING_DONE)
+
+
+def _summary(report, top: int, output: Path | None) -> None:
+    if top and report.rows:
+        table = Table(title=f"Top {min(top, len(report.rows))} of {len(report.rows)}")
+        for column in ("rank", "score", "label", "path"):
+            table.add_column(column, justify="right" if column in ("rank", "score") else "left")
+        for row in report.rows[:top]:
+            table.add_row(str(row["rank"]), f"{row['score']:.3f}", row["label"], row["path"])
+        console.print(table)
+    line = (
+        f"scored {report.n_scored}, unreadable {len(report.errors)}, "
+        f"{report.seconds:.1f} s, {report.images_per_second:.1f} images/s"
+    )
+    if output is not None:
+        line += f"; wrote {output}"
+        if report.errors:
+            line += f" and {errors_path_for(output).with_suffix('.csv')}"
+    console.print(line, highlight=False)

@@ -1,0 +1,187 @@
+"""Prompt groups for zero-shot aesthetic scoring (paper section 4.1).
+
+A group is a list of texts; its embedding is the mean of the texts' L2-normalised CLIP embeddings,
+normalised again (prompt ensembling, as in open_clip's zero-shot classifier). The paper's best setting is
+``outstanding`` vs ``horrible``, context-aware over the 1000 ImageNet class names, ensembled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from open_clip import IMAGENET_CLASSNAMES
+from safetensors.torch import load_file, save_file
+
+FIXED_TEMPLATE = "a {adjective} picture"
+CONTEXT_TEMPLATE = "a {adjective} picture of a {content}"
+IMAGENET_CLASSES: tuple[str, ...] = tuple(IMAGENET_CLASSNAMES)
+
+POSITIVE_ADJECTIVES = (
+    "outstanding",
+    "excellent",
+    "stunning",
+    "beautiful",
+    "professional",
+    "amazing",
+    "magnificent",
+    "superb",
+    "gorgeous",
+    "brilliant",
+    "breathtaking",
+    "wonderful",
+    "striking",
+    "impressive",
+    "exquisite",
+    "captivating",
+    "elegant",
+    "perfect",
+    "remarkable",
+    "award-winning",
+    "great",
+    "good",
+    "nice",
+    "artistic",
+)
+NEGATIVE_ADJECTIVES = (
+    "horrible",
+    "atrocious",
+    "ugly",
+    "boring",
+    "amateur",
+    "terrible",
+    "awful",
+    "bad",
+    "poor",
+    "dull",
+    "mediocre",
+    "unappealing",
+    "blurry",
+    "dreadful",
+    "lousy",
+    "bland",
+    "unattractive",
+    "disappointing",
+    "clumsy",
+    "careless",
+    "messy",
+    "forgettable",
+    "worst",
+    "low-quality",
+)
+
+
+@dataclass(frozen=True)
+class PromptGroups:
+    """The texts of the positive and the negative group, used verbatim."""
+
+    positive: tuple[str, ...]
+    negative: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if not self.positive or not self.negative:
+            raise ValueError("both prompt groups need at least one text")
+
+    def to_dict(self) -> dict:
+        return {"positive": list(self.positive), "negative": list(self.negative)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> PromptGroups:
+        missing = {"positive", "negative"} - set(data)
+        if missing:
+            raise ValueError(f"prompt file needs keys 'positive' and 'negative' (missing: {sorted(missing)})")
+        return cls(tuple(_as_texts(data["positive"])), tuple(_as_texts(data["negative"])))
+
+
+def _as_texts(value) -> list[str]:
+    texts = [value] if isinstance(value, str) else list(value)
+    if not all(isinstance(t, str) and t.strip() for t in texts):
+        raise ValueError("prompts must be non-empty strings")
+    return texts
+
+
+def expand(
+    adjectives: tuple[str, ...] | list[str],
+    contents: tuple[str, ...] | None = None,
+    template: str | None = None,
+) -> tuple[str, ...]:
+    """Texts for adjectives, fixed (``a {adjective} picture``) or context-aware over ``contents``."""
+    if contents is None:
+        template = template or FIXED_TEMPLATE
+        return tuple(template.format(adjective=a) for a in adjectives)
+    template = template or CONTEXT_TEMPLATE
+    return tuple(template.format(adjective=a, content=c) for a in adjectives for c in contents)
+
+
+@dataclass(frozen=True)
+class PromptRecipe:
+    """How a pair of groups was built from adjectives (kept in scorer files for the record)."""
+
+    positive_adjectives: tuple[str, ...] = ("outstanding",)
+    negative_adjectives: tuple[str, ...] = ("horrible",)
+    context: str = "imagenet"  # "imagenet" (1000 class names) or "none" (fixed prompt)
+
+    def groups(self) -> PromptGroups:
+        contents = IMAGENET_CLASSES if self.context == "imagenet" else None
+        return PromptGroups(
+            expand(self.positive_adjectives, contents), expand(self.negative_adjectives, contents)
+        )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def default_prompts() -> PromptGroups:
+    """The paper's best: outstanding vs horrible over the ImageNet class names, ensembled."""
+    return PromptRecipe().groups()
+
+
+def load_prompt_file(path: str | os.PathLike) -> PromptGroups:
+    """Read ``{"positive": [...], "negative": [...]}`` from a JSON or YAML file."""
+    text = Path(path).read_text(encoding="utf-8")
+    if Path(path).suffix.lower() in (".yaml", ".yml"):
+        import yaml
+
+        data = yaml.safe_load(text)
+    else:
+        data = json.loads(text)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping with 'positive' and 'negative' lists")
+    return PromptGroups.from_dict(data)
+
+
+def cache_dir() -> Path:
+    """Where computed embeddings are cached: ``$CLIP_AESTHETICS_CACHE`` or ``~/.cache/clip-aesthetics``."""
+    return Path(os.environ.get("CLIP_AESTHETICS_CACHE", Path.home() / ".cache" / "clip-aesthetics"))
+
+
+@torch.inference_mode()
+def encode_texts(
+    backbone, texts: tuple[str, ...] | list[str], batch_size: int = 256, use_cache: bool = True
+) -> torch.Tensor:
+    """L2-normalised text embeddings (len(texts), D), float32 on CPU, cached on disk per backbone and texts."""
+    key = hashlib.sha256(json.dumps([backbone.weights_id, backbone.spec, list(texts)]).encode()).hexdigest()
+    path = cache_dir() / "text" / f"{key[:32]}.safetensors"
+    if use_cache and path.is_file():
+        return load_file(path)["embeddings"]
+    chunks = []
+    for start in range(0, len(texts), batch_size):
+        tokens = backbone.tokenize(list(texts[start : start + batch_size]))
+        features = backbone.encode_text(tokens).float()
+        chunks.append(torch.nn.functional.normalize(features, dim=-1).cpu())
+    embeddings = torch.cat(chunks)
+    if use_cache:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        save_file({"embeddings": embeddings.contiguous()}, tmp)
+        os.replace(tmp, path)  # atomic: a concurrent reader never sees half a file
+    return embeddings
+
+
+def group_embedding(text_embeddings: torch.Tensor) -> torch.Tensor:
+    """Ensemble a group: mean of normalised text embeddings, normalised again."""
+    return torch.nn.functional.normalize(text_embeddings.mean(dim=0), dim=-1)

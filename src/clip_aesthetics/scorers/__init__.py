@@ -1,0 +1,16 @@
+"""Scorers: zero-shot prompts, linear probes and fine-tuned heads behind one contract."""
+
+from .base import Calibration, ScoreOutput, Scorer
+from .registry import load_scorer, read_scorer_file, register_scorer, save_scorer
+from .zeroshot import ZeroShotScorer
+
+__all__ = [
+    "Calibration",
+    "ScoreOutput",
+    "Scorer",
+    "ZeroShotScorer",
+    "load_scorer",
+    "read_scorer_file",
+    "register_scorer",
+    "save_scorer",
+]

@@ -1,0 +1,74 @@
+"""Scorer files: save any scorer, load it back by the ``method`` its config names.
+
+A scorer with trained tensors is one ``.safetensors`` file whose metadata holds the JSON config; a scorer
+without (zero-shot prompts) may be a plain ``.json`` file. Either names its backbone, so
+``load_scorer(path)`` rebuilds everything needed to score new images.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .. import __version__
+from ..backbones import Backbone, load_backbone
+
+METADATA_KEY = "clip_aesthetics"
+SCORERS: dict[str, type] = {}
+
+
+def register_scorer(cls: type) -> type:
+    """Class decorator: make a scorer class loadable by its ``method`` name."""
+    SCORERS[cls.method] = cls
+    return cls
+
+
+def save_scorer(scorer, path: str | os.PathLike, tensors: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write ``scorer`` to ``path`` (``.json`` for tensor-free scorers, else ``.safetensors``), atomically."""
+    path = Path(path)
+    config = {**scorer.config(), "version": __version__}
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".json":
+        if tensors:
+            raise ValueError(f"{scorer.method} scorers hold tensors: save them as .safetensors, not .json")
+        tmp.write_text(json.dumps(config, indent=2), encoding="utf-8")
+    elif path.suffix == ".safetensors":
+        contiguous = {k: v.detach().float().cpu().contiguous() for k, v in (tensors or {}).items()}
+        save_file(contiguous or {"_empty": torch.zeros(1)}, tmp, metadata={METADATA_KEY: json.dumps(config)})
+    else:
+        raise ValueError(f"scorer files end in .json or .safetensors, not {path.suffix!r}")
+    os.replace(tmp, path)
+    return path
+
+
+def read_scorer_file(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
+    """The config and tensors of a scorer file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"scorer file not found: {path}")
+    if path.suffix == ".json":
+        return json.loads(path.read_text(encoding="utf-8")), {}
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata() or {}
+        if METADATA_KEY not in metadata:
+            raise ValueError(f"{path} is a safetensors file but not a clip-aesthetics scorer (no config)")
+        tensors = {k: handle.get_tensor(k) for k in handle.keys() if k != "_empty"}
+    return json.loads(metadata[METADATA_KEY]), tensors
+
+
+def load_scorer(path: str | os.PathLike, *, device: str | None = None, backbone: Backbone | None = None):
+    """Load a scorer file; its backbone is loaded from the spec it names unless one is given."""
+    config, tensors = read_scorer_file(path)
+    method = config.get("method")
+    if method not in SCORERS:
+        raise ValueError(f"{path}: unknown scorer method {method!r} (known: {', '.join(sorted(SCORERS))})")
+    if backbone is None:
+        spec = config["backbone"]
+        backbone = load_backbone(spec["model"], spec.get("pretrained"), device=device)
+    return SCORERS[method].from_saved(config, tensors, backbone).eval()
