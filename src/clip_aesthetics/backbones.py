@@ -191,7 +191,7 @@ def _load_open_clip(spec: str, pretrained: str | None, quick_gelu: bool | None) 
         hint = "pass --model local-dir:FOLDER with open_clip_config.json and the weights"
         config = hub_file(repo, ("open_clip_config.json",), f"config of {repo}", hint)
         hub_file(repo, _OPEN_CLIP_WEIGHT_NAMES, f"weights of {repo}", hint)
-        # both files sit in the same cache snapshot folder: load it as a local dir, so nothing touches the network
+        # both files sit in one cache snapshot folder: load it as a local dir, nothing touches the network
         name, weights_id = f"local-dir:{Path(config).parent}", f"hf-hub:{repo}"
     elif spec.startswith("local-dir:"):
         folder = _local_dir_checked(spec.removeprefix("local-dir:"))

@@ -163,7 +163,7 @@ def cache_dir() -> Path:
 def encode_texts(
     backbone, texts: tuple[str, ...] | list[str], batch_size: int = 256, use_cache: bool = True
 ) -> torch.Tensor:
-    """L2-normalised text embeddings (len(texts), D), float32 on CPU, cached on disk per backbone and texts."""
+    """Normalised text embeddings (len(texts), D), float32 on CPU, cached on disk per backbone and texts."""
     key = hashlib.sha256(json.dumps([backbone.weights_id, backbone.spec, list(texts)]).encode()).hexdigest()
     path = cache_dir() / "text" / f"{key[:32]}.safetensors"
     if use_cache and path.is_file():

@@ -58,7 +58,7 @@ def read_scorer_file(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Ten
         metadata = handle.metadata() or {}
         if METADATA_KEY not in metadata:
             raise ValueError(f"{path} is a safetensors file but not a clip-aesthetics scorer (no config)")
-        tensors = {k: handle.get_tensor(k) for k in handle.keys() if k != "_empty"}
+        tensors = {k: handle.get_tensor(k) for k in handle.keys() if k != "_empty"}  # noqa: SIM118 (not a dict)
     return json.loads(metadata[METADATA_KEY]), tensors
 
 
