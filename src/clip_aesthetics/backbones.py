@@ -177,7 +177,7 @@ def _local_dir_checked(path: str) -> str:
     folder = Path(path).expanduser()
     if not (folder / "open_clip_config.json").is_file():
         raise WeightsNotFoundError(f"local-dir:{path} has no open_clip_config.json")
-    if not any(folder.glob(pattern) for pattern in ("*.safetensors", "*.bin", "*.pth")):
+    if not any(next(folder.glob(pattern), None) for pattern in ("*.safetensors", "*.bin", "*.pth")):
         raise WeightsNotFoundError(
             f"local-dir:{path} has no weights file (expected open_clip_model.safetensors beside the config)"
         )

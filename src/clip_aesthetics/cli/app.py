@@ -49,6 +49,8 @@ def user_errors(command: Callable) -> Callable:
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
+        except typer.Exit:  # click's Exit is a RuntimeError: let it through untouched
+            raise
         except USER_ERRORS as exc:
             if os.environ.get("CLIP_AESTHETICS_DEBUG"):  # show the traceback when asked
                 raise

@@ -22,6 +22,7 @@ import numpy as np
 
 N_BINS = 10
 DEFAULT_MANIFEST = "broken_images.json"
+_SCORES = np.arange(1, N_BINS + 1)
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
 
 
@@ -59,16 +60,20 @@ class Record:
     def __post_init__(self) -> None:
         if self.votes is None:
             return
-        votes = np.array(self.votes, dtype=np.int64)  # a private copy, so callers cannot mutate a record
+        votes = self.votes
+        # A read-only int64 array is kept as is (parsers pass rows of one frozen array: no per-record copy);
+        # anything else is copied so callers cannot mutate a record through their own reference.
+        if not (isinstance(votes, np.ndarray) and votes.dtype == np.int64 and not votes.flags.writeable):
+            votes = np.array(votes, dtype=np.int64)
+            votes.setflags(write=False)
+            object.__setattr__(self, "votes", votes)
         if votes.shape != (N_BINS,):
             raise ValueError(f"record {self.id}: votes must have {N_BINS} counts, got shape {votes.shape}")
-        if (votes < 0).any() or votes.sum() == 0:
+        total = int(votes.sum())
+        if total <= 0 or votes.min() < 0:
             raise ValueError(f"record {self.id}: votes must be non-negative with a positive total")
-        votes.setflags(write=False)
-        object.__setattr__(self, "votes", votes)
         if self.mean is None:
-            mean = float(votes @ np.arange(1, N_BINS + 1) / votes.sum())
-            object.__setattr__(self, "mean", mean)
+            object.__setattr__(self, "mean", float(votes @ _SCORES) / total)
 
     @property
     def distribution(self) -> np.ndarray | None:

@@ -1,0 +1,100 @@
+"""Zero-shot scoring equals the paper's formula computed independently with open_clip."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import open_clip
+import pytest
+import torch
+from PIL import Image
+
+from clip_aesthetics import ZeroShotScorer, load_backbone, load_scorer, save_scorer
+from clip_aesthetics.images import find_images
+from clip_aesthetics.prompts import (
+    IMAGENET_CLASSES,
+    PromptGroups,
+    PromptRecipe,
+    default_prompts,
+    encode_texts,
+    load_prompt_file,
+)
+from clip_aesthetics.scoring import score_paths
+
+GROUPS = PromptGroups(("a stunning photo", "a masterpiece"), ("a dull photo",))
+
+
+def reference_scores(spec: str, groups: PromptGroups, paths: list[Path]) -> torch.Tensor:
+    """The formula with open_clip alone: 1 + 9 * sigmoid(100 * (cos(f, g+) - cos(f, g-)))."""
+    model, _, preprocess = open_clip.create_model_and_transforms(spec)
+    tokenizer = open_clip.get_tokenizer(spec)
+    model.eval()
+    with torch.inference_mode():
+
+        def group(texts):
+            emb = model.encode_text(tokenizer(list(texts)))
+            emb = emb / emb.norm(dim=-1, keepdim=True)
+            mean = emb.mean(0)
+            return mean / mean.norm()
+
+        images = torch.stack([preprocess(Image.open(p)) for p in paths])
+        features = model.encode_image(images)
+        features = features / features.norm(dim=-1, keepdim=True)
+        raw = 100 * (features @ group(groups.positive) - features @ group(groups.negative))
+    return 1 + 9 * torch.sigmoid(raw)
+
+
+def test_scores_equal_independent_open_clip(tiny_clip_spec: str, photo_dir: Path) -> None:
+    paths = find_images([photo_dir])
+    scorer = ZeroShotScorer(load_backbone(tiny_clip_spec, device="cpu"), GROUPS)
+    report = score_paths(scorer, paths, batch_size=3, workers=0, progress=False)
+    expected = reference_scores(tiny_clip_spec, GROUPS, paths)
+    ours = {row["path"]: row["score"] for row in report.rows}
+    assert torch.allclose(torch.tensor([ours[str(p)] for p in paths]), expected, atol=1e-4)
+    assert [row["rank"] for row in report.rows] == list(range(1, len(paths) + 1))
+    assert [row["path"] for row in report.rows] == [str(paths[i]) for i in torch.argsort(-expected).tolist()]
+    for row in report.rows:
+        assert (row["label"] == "good") == (row["raw"] > 0)
+
+
+def test_default_prompts_are_the_papers() -> None:
+    groups = default_prompts()
+    assert len(groups.positive) == len(groups.negative) == 1000
+    assert groups.positive[0] == f"a outstanding picture of a {IMAGENET_CLASSES[0]}"
+    assert groups.negative[-1] == f"a horrible picture of a {IMAGENET_CLASSES[-1]}"
+    fixed = PromptRecipe(context="none").groups()
+    assert fixed == PromptGroups(("a outstanding picture",), ("a horrible picture",))
+
+
+def test_text_embeddings_cached_on_disk(tiny_clip_spec: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    backbone = load_backbone(tiny_clip_spec, device="cpu")
+    first = encode_texts(backbone, ("a unique cache probe text",))
+    monkeypatch.setattr(backbone, "encode_text", lambda tokens: pytest.fail("recomputed a cached embedding"))
+    assert torch.equal(encode_texts(backbone, ("a unique cache probe text",)), first)
+
+
+def test_scorer_file_round_trip(tiny_clip_spec: str, photo_dir: Path, tmp_path: Path) -> None:
+    scorer = ZeroShotScorer(load_backbone(tiny_clip_spec, device="cpu"), GROUPS)
+    save_scorer(scorer, tmp_path / "scorer.json")
+    config = json.loads((tmp_path / "scorer.json").read_text())
+    assert config["method"] == "zeroshot" and config["prompts"]["positive"] == list(GROUPS.positive)
+    loaded = load_scorer(tmp_path / "scorer.json", device="cpu")
+    paths = find_images([photo_dir])
+    a = score_paths(scorer, paths, workers=0, progress=False).rows
+    b = score_paths(loaded, paths, workers=0, progress=False).rows
+    assert [(r["path"], r["score"]) for r in a] == [(r["path"], r["score"]) for r in b]
+
+
+def test_prompt_files_json_and_yaml(tmp_path: Path) -> None:
+    (tmp_path / "p.json").write_text(json.dumps({"positive": ["good"], "negative": ["bad", "worse"]}))
+    (tmp_path / "p.yaml").write_text("positive: good\nnegative:\n  - bad\n  - worse\n")
+    assert load_prompt_file(tmp_path / "p.json") == load_prompt_file(tmp_path / "p.yaml")
+    (tmp_path / "bad.json").write_text(json.dumps({"positive": ["good"]}))
+    with pytest.raises(ValueError, match="negative"):
+        load_prompt_file(tmp_path / "bad.json")
+
+
+def test_image_only_backbone_refused() -> None:
+    with pytest.raises(TypeError, match="text encoder"):
+        ZeroShotScorer(load_backbone("timm:resnet18", "none", device="cpu"), GROUPS)
