@@ -97,7 +97,7 @@ def test_missing_weights_fail_fast_with_instructions() -> None:
 
 
 def test_unknown_tag_and_model_are_clear() -> None:
-    with pytest.raises(WeightsNotFoundError, match="known tag of ViT-B-32.*openai"):
+    with pytest.raises(WeightsNotFoundError, match=r"known tag of ViT-B-32.*openai"):
         load_backbone("ViT-B-32", "no-such-tag")
     with pytest.raises(ValueError, match="unknown model"):
         load_backbone("ViT-X-99")
@@ -143,5 +143,5 @@ def test_timm_weights_file_and_hub_cache() -> None:
 
 
 def test_timm_missing_weights_fail_fast() -> None:
-    with pytest.raises(WeightsNotFoundError, match="resnet50.a1_in1k"):
+    with pytest.raises(WeightsNotFoundError, match=r"resnet50\.a1_in1k"):
         load_backbone("timm:resnet50.a1_in1k")
