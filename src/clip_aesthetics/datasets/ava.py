@@ -27,6 +27,7 @@ from .records import (
     ParsedDataset,
     ParseReport,
     Record,
+    bulk_allocation,
     filter_available,
     load_broken_manifest,
     resolve_manifest,
@@ -94,6 +95,36 @@ def _parse_line(fields: list[str], tag_names: Mapping[int, str]) -> tuple[str, l
     return fields[1], votes, tags
 
 
+def _read_ava_txt(
+    txt: Path, tag_names: Mapping[int, str], report: ParseReport, lenient: bool
+) -> tuple[list[tuple[str, tuple[str, ...]]], np.ndarray]:
+    """(id, tags) of each valid line and their votes as one read-only (N, 10) int64 array."""
+    rows: list[tuple[str, tuple[str, ...]]] = []
+    all_votes: list[list[int]] = []
+    first_line: dict[str, int] = {}
+    with txt.open(encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            report.n_lines += 1
+            try:
+                image_id, votes, tags = _parse_line(line.split(), tag_names)
+            except ValueError as e:
+                report.reject(txt, line_no, str(e), lenient)
+                continue
+            if image_id in first_line:
+                reason = f"duplicate image id {image_id} (first on line {first_line[image_id]})"
+                report.reject(txt, line_no, reason, lenient)
+                continue
+            first_line[image_id] = line_no
+            rows.append((image_id, tags))
+            all_votes.append(votes)
+    # One frozen array for all votes: records hold read-only row views instead of 255k small arrays.
+    vote_array = np.array(all_votes, dtype=np.int64).reshape(-1, 10)
+    vote_array.setflags(write=False)
+    return rows, vote_array
+
+
 def parse_ava(
     root: Path | str,
     *,
@@ -123,42 +154,21 @@ def parse_ava(
     broken = resolve_manifest(root, manifest)
 
     report = ParseReport()
-    rows: list[tuple[str, tuple[str, ...]]] = []
-    all_votes: list[list[int]] = []
-    first_line: dict[str, int] = {}
     txt = root / AVA_TXT
-    with txt.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            report.n_lines += 1
-            try:
-                image_id, votes, tags = _parse_line(line.split(), tag_names)
-            except ValueError as e:
-                report.reject(txt, line_no, str(e), lenient)
-                continue
-            if image_id in first_line:
-                reason = f"duplicate image id {image_id} (first on line {first_line[image_id]})"
-                report.reject(txt, line_no, reason, lenient)
-                continue
-            first_line[image_id] = line_no
-            rows.append((image_id, tags))
-            all_votes.append(votes)
-    # One frozen array for all votes: records hold read-only row views instead of 255k small arrays.
-    vote_array = np.array(all_votes, dtype=np.int64).reshape(-1, 10)
-    vote_array.setflags(write=False)
-    means = (vote_array @ np.arange(1, 11)) / vote_array.sum(axis=1)
-    records = [
-        Record(
-            image_id,
-            image_root / f"{image_id}.jpg",
-            vote_array[i],
-            mean=float(means[i]),
-            tags=tags,
-            split=None if test_ids is None else ("test" if image_id in test_ids else "train"),
-        )
-        for i, (image_id, tags) in enumerate(rows)
-    ]
+    with bulk_allocation():
+        rows, vote_array = _read_ava_txt(txt, tag_names, report, lenient)
+        means = (vote_array @ np.arange(1, 11)) / vote_array.sum(axis=1)
+        records = [
+            Record(
+                image_id,
+                image_root / f"{image_id}.jpg",
+                vote_array[i],
+                mean=float(means[i]),
+                tags=tags,
+                split=None if test_ids is None else ("test" if image_id in test_ids else "train"),
+            )
+            for i, (image_id, tags) in enumerate(rows)
+        ]
     records = filter_available(records, report, broken, check_files)
     report.n_records = len(records)
     return ParsedDataset(name="ava", root=root, records=records, report=report)

@@ -33,7 +33,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .records import ParsedDataset, ParseError, ParseReport, Record, filter_available, resolve_manifest
+from .records import (
+    ParsedDataset,
+    ParseError,
+    ParseReport,
+    Record,
+    bulk_allocation,
+    filter_available,
+    resolve_manifest,
+)
 
 DEFAULT_VOTE_COLUMNS = tuple(f"votes_{i}" for i in range(1, 11))
 SPLIT_ALIASES = {
@@ -140,21 +148,22 @@ def _collect(
 ) -> list[Record]:
     """Rows to records with ``build``; malformed rows and duplicate ids go through ``report.reject``."""
     records: list[Record] = []
-    for line_no, fields in rows:
-        report.n_lines += 1
-        if len(fields) != len(header):
-            report.reject(path, line_no, f"expected {len(header)} columns, got {len(fields)}", lenient)
-            continue
-        try:
-            rec = build(dict(zip(header, fields, strict=True)))
-        except ValueError as e:
-            report.reject(path, line_no, str(e), lenient)
-            continue
-        if rec.id in seen:
-            report.reject(path, line_no, f"duplicate id {rec.id!r} (first at {seen[rec.id]})", lenient)
-            continue
-        seen[rec.id] = f"{path.name}:{line_no}"
-        records.append(rec)
+    with bulk_allocation():
+        for line_no, fields in rows:
+            report.n_lines += 1
+            if len(fields) != len(header):
+                report.reject(path, line_no, f"expected {len(header)} columns, got {len(fields)}", lenient)
+                continue
+            try:
+                rec = build(dict(zip(header, fields, strict=True)))
+            except ValueError as e:
+                report.reject(path, line_no, str(e), lenient)
+                continue
+            if rec.id in seen:
+                report.reject(path, line_no, f"duplicate id {rec.id!r} (first at {seen[rec.id]})", lenient)
+                continue
+            seen[rec.id] = f"{path.name}:{line_no}"
+            records.append(rec)
     return records
 
 
