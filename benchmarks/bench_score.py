@@ -37,7 +37,11 @@ def make_jpegs(folder: Path, n: int, width: int, height: int, seed: int = 0) -> 
     for i in range(n):
         top, bottom = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
         image = top + (bottom - top) * (y / height)[..., None]
-        cx, cy, r = rng.uniform(0.2, 0.8) * width, rng.uniform(0.2, 0.8) * height, rng.uniform(0.1, 0.3) * height
+        cx, cy, r = (
+            rng.uniform(0.2, 0.8) * width,
+            rng.uniform(0.2, 0.8) * height,
+            rng.uniform(0.1, 0.3) * height,
+        )
         image[(x - cx) ** 2 + (y - cy) ** 2 < r**2] = rng.uniform(0, 255, 3)
         image += rng.normal(0, 6, (height, width, 1)).astype(np.float32)
         path = folder / f"photo_{i:04d}.jpg"
@@ -58,7 +62,9 @@ def naive_scores(scorer: ZeroShotScorer, paths: list[Path]) -> np.ndarray:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--n", type=int, default=200, help="images for our pipeline")
     parser.add_argument("--naive-n", type=int, default=None, help="images for the naive loop (default: --n)")
     parser.add_argument("--size", default="500x375", help="WIDTHxHEIGHT of the generated JPEGs")
@@ -70,22 +76,32 @@ def main() -> None:
     width, height = map(int, args.size.split("x"))
     naive_n = args.naive_n or args.n
     scorer = ZeroShotScorer(load_backbone(args.model, "none", device="cpu"), GROUPS).eval()
-    print(f"torch threads {torch.get_num_threads()}, cores {os.cpu_count()}, model {args.model} (random weights)")
+    print(f"torch threads {torch.get_num_threads()}, cores {os.cpu_count()}, {args.model} (random weights)")
     with tempfile.TemporaryDirectory() as tmp:
         paths = make_jpegs(Path(tmp), args.n, width, height)
         start = time.perf_counter()
         naive = naive_scores(scorer, paths[:naive_n])
         naive_rate = naive_n / (time.perf_counter() - start)
-        report = score_paths(scorer, paths, batch_size=args.batch_size, workers=args.workers,
-                             precision=args.precision, progress=False)
+        report = score_paths(
+            scorer,
+            paths,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            precision=args.precision,
+            progress=False,
+        )
         ours_rate = args.n / report.seconds
     ours = {row["path"]: row["score"] for row in report.rows}
     ours_subset = np.array([ours[str(p)] for p in paths[:naive_n]])
-    print(f"images {args.size}: naive loop {naive_rate:.1f} images/s ({naive_n} images), "
-          f"clip-aesthetics {ours_rate:.1f} images/s ({args.n} images, precision {args.precision}), "
-          f"ratio {ours_rate / naive_rate:.2f}x")
-    print(f"agreement on {naive_n} images: SRCC {spearmanr(naive, ours_subset)[0]:.4f}, "
-          f"max |score diff| {np.abs(naive - ours_subset).max():.4f}")
+    print(
+        f"images {args.size}: naive loop {naive_rate:.1f} images/s ({naive_n} images), "
+        f"clip-aesthetics {ours_rate:.1f} images/s ({args.n} images, precision {args.precision}), "
+        f"ratio {ours_rate / naive_rate:.2f}x"
+    )
+    print(
+        f"agreement on {naive_n} images: SRCC {spearmanr(naive, ours_subset)[0]:.4f}, "
+        f"max |score diff| {np.abs(naive - ours_subset).max():.4f}"
+    )
 
 
 if __name__ == "__main__":
