@@ -1,0 +1,108 @@
+"""`clip-aesthetics finetune`: fine-tune a backbone's image tower on a labelled dataset (torchrun too)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from ..finetune.config import RESUMABLE_FIELDS, TrainConfig
+from .app import app, console, user_errors
+
+
+def _given(**options) -> dict:
+    return {k: v for k, v in options.items() if v is not None}
+
+
+def _build_config(dataset: Path | None, resume: Path | None, out: Path | None, options: dict) -> tuple:
+    """(config, run folder, resuming) from the command line."""
+    from ..finetune.run import resume_config
+
+    if resume is not None:
+        fixed = sorted(set(options) - set(RESUMABLE_FIELDS))
+        if dataset is not None or out is not None or fixed:
+            names = ["DATASET"] * (dataset is not None) + ["--out"] * (out is not None)
+            names += ["--" + k.replace("_", "-") for k in fixed]
+            raise ValueError(
+                f"{', '.join(names)}: fixed by the run being resumed "
+                "(only --max-epochs, --workers, --device may change)"
+            )
+        return resume_config(resume, **options), resume, True
+    if dataset is None or out is None:
+        raise ValueError("give DATASET and --out RUN_DIR (or --resume RUN_DIR)")
+    return TrainConfig(dataset=str(dataset), **options), out, False
+
+
+@app.command()
+@user_errors
+def finetune(
+    dataset: Path = typer.Argument(
+        None, help="Dataset folder (AVA_dataset) or label file; not with --resume."
+    ),
+    out: Path = typer.Option(None, "--out", "-o", help="Run folder to create."),
+    resume: Path = typer.Option(None, help="Continue the run in this folder from its last checkpoint."),
+    dataset_kind: str = typer.Option(
+        None, "--dataset", help="ava (default), csv, aadb, tad66k, para, koniq."
+    ),
+    model: str = typer.Option(
+        None, "--model", "-m", help="Backbone: ViT-B-32 (default), RN50, timm:NAME, ..."
+    ),
+    pretrained: str = typer.Option(None, help="Weights: tag (default openai), file, or 'none' (random)."),
+    loss: str = typer.Option(None, help="emd (default, r = 2) or mse (on the predicted mean)."),
+    optimizer: str = typer.Option(None, help="sgd (default, momentum 0.5) or adamw."),
+    lr_backbone: float = typer.Option(None, help="Tower learning rate (default 1e-4)."),
+    lr_head: float = typer.Option(None, help="Head learning rate (default 1e-2)."),
+    momentum: float = typer.Option(None, help="SGD momentum (default 0.5)."),
+    weight_decay: float = typer.Option(None, help="Weight decay of weight matrices (default 0)."),
+    schedule: str = typer.Option(None, help="constant (default) or cosine (decays to 0 at --max-epochs)."),
+    warmup_epochs: float = typer.Option(None, help="Linear learning-rate warm-up, in epochs (default 0)."),
+    batch_size: int = typer.Option(None, min=1, help="Global batch per optimiser step (default 128)."),
+    accumulate: int = typer.Option(None, min=1, help="Gradient accumulation steps per optimiser step."),
+    max_epochs: int = typer.Option(None, min=1, help="Upper bound on epochs (default 100)."),
+    patience: int = typer.Option(
+        None, min=1, help="Early stopping: epochs without a better val metric (10)."
+    ),
+    dropout: float = typer.Option(None, help="Dropout before the head (default 0)."),
+    freeze_backbone: bool = typer.Option(None, "--freeze-backbone", help="Train the head only."),
+    freeze_blocks: int = typer.Option(None, min=0, help="Freeze the stem and the first N tower blocks."),
+    augment: bool = typer.Option(None, "--augment", help="Random resized crop + flip (default: none)."),
+    split: str = typer.Option(None, help="official (default: the dataset's own) or random."),
+    val_fraction: float = typer.Option(None, help="Validation fraction (of train for official; 0.05)."),
+    test_fraction: float = typer.Option(None, help="Test fraction of a random split (0.1)."),
+    split_seed: int = typer.Option(None, help="Split seed (default: 123 official, 0 random)."),
+    seed: int = typer.Option(None, help="Seed of initialisation, data order, dropout, augmentation (0)."),
+    precision: str = typer.Option(None, help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16."),
+    workers: int = typer.Option(None, min=0, help="Decoding processes per training process."),
+    device: str = typer.Option(None, help="auto, cpu, cuda (under torchrun: cuda:LOCAL_RANK)."),
+    stop_after: int = typer.Option(None, min=1, help="Stop after this epoch; --resume continues later."),
+) -> None:
+    """Fine-tune a CLIP (or timm ImageNet) image tower with a 10-bin head and EMD loss (paper's recipe)."""
+    from ..finetune.run import finetune as run_finetune
+
+    options = _given(
+        dataset_kind=dataset_kind, model=model, pretrained=pretrained, loss=loss, optimizer=optimizer,
+        lr_backbone=lr_backbone, lr_head=lr_head, momentum=momentum, weight_decay=weight_decay,
+        schedule=schedule, warmup_epochs=warmup_epochs, batch_size=batch_size, accumulate=accumulate,
+        max_epochs=max_epochs, patience=patience, dropout=dropout, freeze_backbone=freeze_backbone,
+        freeze_blocks=freeze_blocks, augment=augment, split=split, val_fraction=val_fraction,
+        test_fraction=test_fraction, split_seed=split_seed, seed=seed, precision=precision,
+        workers=workers, device=device,
+    )  # fmt: skip
+    config, run_dir, resuming = _build_config(dataset, resume, out, options)
+    result = run_finetune(config, run_dir, resume=resuming, stop_after=stop_after, log=_print)
+    if not result.history:
+        _print(f"nothing to do: {run_dir} already finished {result.epochs} epochs")
+    status = "stopped early" if result.stopped_early else "finished" if result.finished else "paused"
+    best = run_dir / "best.safetensors"
+    _print(f"{status} after epoch {result.epochs}; best epoch {result.best_epoch}; scorer {best}")
+    if result.test:
+        t = result.test
+        line = f"test ({t['n']} images): SRCC {t['srcc']:.3f}, PLCC {t['plcc']:.3f}, acc {t['accuracy']:.3f}"
+        _print(line + (f", EMD {t['emd']:.4f}" if "emd" in t else ""))
+
+
+def _print(line: str) -> None:
+    import torch.distributed as tdist
+
+    if not tdist.is_initialized() or tdist.get_rank() == 0:
+        console.print(line, highlight=False)

@@ -1,0 +1,110 @@
+"""Start or resume a fine-tuning run in a run folder; the entry point the CLI and scripts call."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from . import distributed as dist
+from . import report
+from .checkpoint import load_checkpoint
+from .config import RESUMABLE_FIELDS, TrainConfig
+from .train import FinetuneResult, Trainer, _log_nothing
+
+
+def resume_config(run_dir: str | os.PathLike, **changes) -> TrainConfig:
+    """The configuration of the run in ``run_dir`` with the few options a resume may change.
+
+    Args:
+        run_dir: a run folder holding ``config.json`` and ``last.pt``.
+        **changes: ``max_epochs`` (same or larger), ``workers``, ``device``; None leaves a value as it was.
+
+    Raises:
+        FileNotFoundError: ``run_dir`` holds no run.
+        ValueError: a change other than those, or fewer epochs than the run was started with.
+    """
+    path = Path(run_dir) / report.CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir} holds no fine-tuning run (no {report.CONFIG_FILE})")
+    data = json.loads(path.read_text(encoding="utf-8"))["config"]
+    for key, value in changes.items():
+        if key not in RESUMABLE_FIELDS:
+            allowed = ", ".join("--" + k.replace("_", "-") for k in RESUMABLE_FIELDS)
+            raise ValueError(
+                f"--{key.replace('_', '-')} is fixed by the run being resumed (only {allowed} may change)"
+            )
+        if value is not None:
+            data[key] = value
+    if data["max_epochs"] < json.loads(path.read_text(encoding="utf-8"))["config"]["max_epochs"]:
+        raise ValueError("--max-epochs cannot shrink on resume: pass the same or a larger number")
+    return TrainConfig.from_dict(data)
+
+
+def _prepare_dir(run_dir: Path, resume: bool, is_main: bool) -> None:
+    if resume:
+        if not (run_dir / report.LAST_CHECKPOINT).is_file():
+            raise FileNotFoundError(f"no checkpoint to resume from: {run_dir / report.LAST_CHECKPOINT}")
+        return
+    if (run_dir / report.LAST_CHECKPOINT).exists() or (run_dir / report.CONFIG_FILE).exists():
+        raise ValueError(
+            f"{run_dir} already holds a run: continue it with --resume {run_dir}, or pick another --out"
+        )
+    if is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def finetune(
+    config: TrainConfig,
+    run_dir: str | os.PathLike,
+    *,
+    resume: bool = False,
+    stop_after: int | None = None,
+    log: Callable[[str], None] | None = None,
+) -> FinetuneResult:
+    """Fine-tune a backbone's image tower with a 10-bin head on a labelled dataset.
+
+    Under ``torchrun`` every process calls this; it joins the process group (unless the caller already did),
+    trains with DistributedDataParallel and leaves the group again. Only rank 0 writes to ``run_dir``.
+
+    Args:
+        config: the run's configuration (for a resume, see :func:`resume_config`).
+        run_dir: the run folder: config.json, metrics.csv/.jsonl, loss.png, last.pt, best.safetensors,
+            results.json.
+        resume: continue from ``run_dir/last.pt`` (model, optimiser, schedule, early stopping, history, RNG).
+        stop_after: stop after this epoch as if interrupted (a later resume continues); for time-boxed jobs.
+        log: receives one line per epoch on rank 0.
+    """
+    run_dir = Path(run_dir)
+    owns_group = not torch.distributed.is_initialized()
+    ctx = dist.setup(config.device)
+    try:
+        _prepare_dir(run_dir, resume, ctx.is_main)
+        if ctx.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick its fastest kernels
+            torch.backends.cuda.matmul.allow_tf32 = True  # fp32 runs use TF32 tensor cores, as is usual
+        trainer = Trainer(config, run_dir, ctx, (log or _log_nothing) if ctx.is_main else _log_nothing)
+        if resume:
+            trainer.load(load_checkpoint(run_dir / report.LAST_CHECKPOINT))
+        if ctx.is_main:
+            report.write_json(run_dir / report.CONFIG_FILE, trainer.describe())
+        dist.barrier()
+        trainer.fit(stop_after)
+        finished = trainer.stopper.stopped or trainer.epoch >= config.max_epochs
+        test = trainer.finish() if finished else None
+        dist.barrier()
+        return FinetuneResult(
+            run_dir=run_dir,
+            epochs=trainer.epoch,
+            best_epoch=trainer.stopper.best_epoch,
+            finished=finished,
+            stopped_early=trainer.stopper.stopped,
+            history=trainer.history,
+            test=test,
+        )
+    finally:
+        if owns_group:
+            dist.cleanup()
