@@ -1,19 +1,30 @@
-"""clip-aesthetics: image aesthetic assessment with CLIP (Hentschel, Kobs & Hotho, 2022)."""
+"""clip-aesthetics: image aesthetic assessment with CLIP (Hentschel, Kobs & Hotho, 2022).
+
+The public names are imported lazily, so ``import clip_aesthetics.metrics`` (or the CLI's ``--help``)
+does not pay for importing torch and open_clip.
+"""
+
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-from .backbones import Backbone, load_backbone
-from .scorers import Scorer, ZeroShotScorer, load_scorer, save_scorer
-from .scoring import ScoreReport, score_paths
+_PUBLIC = {
+    "Backbone": "backbones",
+    "load_backbone": "backbones",
+    "Scorer": "scorers",
+    "ZeroShotScorer": "scorers",
+    "load_scorer": "scorers",
+    "save_scorer": "scorers",
+    "ScoreReport": "scoring",
+    "score_paths": "scoring",
+    "build_scorer": "scoring",
+}
+__all__ = [*_PUBLIC, "__version__"]
 
-__all__ = [
-    "Backbone",
-    "ScoreReport",
-    "Scorer",
-    "ZeroShotScorer",
-    "__version__",
-    "load_backbone",
-    "load_scorer",
-    "save_scorer",
-    "score_paths",
-]
+
+def __getattr__(name: str):
+    if name in _PUBLIC:
+        return getattr(importlib.import_module(f".{_PUBLIC[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -21,6 +21,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 
 from .backbones import PreprocessConfig
+from .device_decode import decode_on_device, device_decodable, jpeg_header
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
 DEFAULT_MAX_PIXELS = 100_000_000  # 100 MP: above any camera, well below a decompression bomb
@@ -146,45 +147,120 @@ def prepare(image: Image.Image, cfg: PreprocessConfig) -> torch.Tensor:
 
 @dataclass
 class LoadedBatch:
-    """Decoded images of one batch; ``indices`` say which inputs they are, ``errors`` which failed."""
+    """Decoded images of one batch; ``indices`` say which inputs they are, ``errors`` which failed.
+
+    With device decoding, ``encoded`` holds the (index, JPEG bytes, EXIF orientation) still to decode.
+    """
 
     indices: list[int]
     images: torch.Tensor
     errors: list[tuple[int, str]] = field(default_factory=list)
+    encoded: list[tuple[int, torch.Tensor, int]] = field(default_factory=list)
+
+    def pin_memory(self) -> LoadedBatch:  # called by the DataLoader's pinning thread
+        self.images = self.images.pin_memory()
+        return self
+
+
+_Item = tuple[int, torch.Tensor | None, str | None, torch.Tensor | None, int]
 
 
 class _ImageDataset(Dataset):
-    def __init__(self, sources: Sequence[ImageSource], cfg: PreprocessConfig, max_pixels: int, draft: bool):
+    def __init__(
+        self,
+        sources: Sequence[ImageSource],
+        cfg: PreprocessConfig,
+        max_pixels: int,
+        draft: bool,
+        device_decode: bool = False,
+    ):
         self.sources, self.cfg, self.max_pixels = sources, cfg, max_pixels
         # twice the resize target: DCT scaling then a bicubic resize from >= 2x stays close to full decoding
         self.draft_size = 2 * cfg.resize_size if draft else None
+        self.device_decode = device_decode
 
     def __len__(self) -> int:
         return len(self.sources)
 
-    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str | None]:
+    def __getitem__(self, index: int) -> _Item:
+        source = self.sources[index]
+        if self.device_decode:
+            encoded = self._encoded_jpeg(source)
+            if encoded is not None:
+                return index, None, None, *encoded
         try:
-            image = open_image(self.sources[index], self.max_pixels, self.draft_size)
-            return index, prepare(image, self.cfg), None
+            image = open_image(source, self.max_pixels, self.draft_size)
+            return index, prepare(image, self.cfg), None, None, 1
         except ImageLoadError as exc:
-            return index, None, str(exc)
+            return index, None, str(exc), None, 1
         except Exception as exc:  # a decoder bug must not stop the batch either
-            return index, None, f"unreadable: {type(exc).__name__}: {exc}"
+            return index, None, f"unreadable: {type(exc).__name__}: {exc}", None, 1
+
+    def _encoded_jpeg(self, source: ImageSource) -> tuple[torch.Tensor, int] | None:
+        """The bytes of a JPEG the device can decode, with its orientation; None sends it to the CPU path."""
+        try:
+            data = source if isinstance(source, bytes) else Path(source).read_bytes()
+            header = jpeg_header(data)
+        except Exception:  # unreadable here: the CPU path will say why
+            return None
+        if not device_decodable(header) or header[0] * header[1] > self.max_pixels:
+            return None
+        return torch.frombuffer(bytearray(data), dtype=torch.uint8), header[3]
 
 
-def _collate(items: list[tuple[int, torch.Tensor | None, str | None]]) -> LoadedBatch:
-    good = [(i, t) for i, t, _ in items if t is not None]
-    errors = [(i, e) for i, t, e in items if t is None]
+def _collate(items: list[_Item]) -> LoadedBatch:
+    good = [(i, t) for i, t, _, _, _ in items if t is not None]
+    errors = [(i, e) for i, _, e, _, _ in items if e is not None]
+    encoded = [(i, data, orientation) for i, _, _, data, orientation in items if data is not None]
     images = torch.stack([t for _, t in good]) if good else torch.empty(0, 3, 0, 0, dtype=torch.uint8)
-    return LoadedBatch([i for i, _ in good], images, errors)
+    return LoadedBatch([i for i, _ in good], images, errors, encoded)
+
+
+def _finish_on_device(
+    batch: LoadedBatch, sources: Sequence[ImageSource], cfg: PreprocessConfig, device: torch.device
+) -> LoadedBatch:
+    """Decode the batch's JPEG bytes on ``device`` and merge them with the CPU-decoded images, in order."""
+    indices = [i for i, _, _ in batch.encoded]
+    decoded = decode_on_device(
+        [d for _, d, _ in batch.encoded], [o for _, _, o in batch.encoded], cfg, device
+    )
+    images = dict(zip(batch.indices, batch.images.to(device, non_blocking=True), strict=True))
+    errors = list(batch.errors)
+    for index, image in zip(indices, decoded, strict=True):
+        if image is not None:
+            images[index] = image
+            continue
+        try:  # the device decoder refused it: the CPU decoder either reads it or names the problem
+            images[index] = prepare(open_image(sources[index]), cfg).to(device)
+        except ImageLoadError as exc:
+            errors.append((index, str(exc)))
+    order = sorted(images)
+    stacked = torch.stack([images[i] for i in order]) if order else batch.images
+    return LoadedBatch(order, stacked, sorted(errors))
 
 
 def _init_worker(_: int) -> None:
     torch.set_num_threads(1)  # decoding workers share the cores with the model: no thread oversubscription
 
 
-def default_workers() -> int:
-    return min(8, os.cpu_count() or 1)
+def default_workers(device: torch.device | None = None) -> int:
+    """Decoding processes: a GPU needs many to stay fed; on a CPU the model dominates, so few suffice."""
+    cores = os.cpu_count() or 1
+    if device is not None and device.type == "cuda":
+        return min(16, cores)
+    return max(1, min(8, cores // 4))
+
+
+def resolve_decode(decode: str, device: torch.device | None) -> bool:
+    """Whether JPEGs are decoded on the device: ``gpu`` requires CUDA, ``auto`` uses it when present."""
+    if decode not in ("auto", "cpu", "gpu"):
+        raise ValueError(f"unknown --decode {decode!r} (choose auto, cpu or gpu)")
+    on_cuda = device is not None and device.type == "cuda"
+    if decode == "gpu" and not on_cuda:
+        raise ValueError(
+            "--decode gpu needs a CUDA device (this run is on the CPU): use --decode cpu or auto"
+        )
+    return decode == "gpu" or (decode == "auto" and on_cuda)
 
 
 def iter_batches(
@@ -198,6 +274,8 @@ def iter_batches(
     pin_memory: bool = False,
     progress: bool | None = None,
     description: str = "images",
+    device: torch.device | None = None,
+    decode: str = "cpu",
 ) -> Iterator[LoadedBatch]:
     """Decode ``sources`` in worker processes and yield them in order as uint8 batches.
 
@@ -205,15 +283,18 @@ def iter_batches(
         sources: paths or encoded bytes.
         cfg: the model's preprocessing.
         batch_size: images per batch.
-        workers: decoding processes (0 = in this process; default: one per core, at most 8).
+        workers: decoding processes (0 = in this process; default: see :func:`default_workers`).
         max_pixels: decompression-bomb guard, see :func:`open_image`.
         draft: let JPEGs decode at reduced scale when larger than the model needs.
         pin_memory: pin batches for faster host-to-GPU copies.
         progress: show a progress bar (default: when stderr is a terminal).
+        device: where the model runs; with device decoding, batches arrive there already.
+        decode: ``cpu``, ``gpu`` (nvJPEG; CUDA only) or ``auto`` (GPU when ``device`` is CUDA).
     """
-    workers = default_workers() if workers is None else workers
+    on_device = resolve_decode(decode, device)
+    workers = default_workers(device) if workers is None else workers
     loader = DataLoader(
-        _ImageDataset(sources, cfg, max_pixels, draft),
+        _ImageDataset(sources, cfg, max_pixels, draft, device_decode=on_device),
         batch_size=batch_size,
         num_workers=workers,
         collate_fn=_collate,
@@ -221,9 +302,10 @@ def iter_batches(
         worker_init_fn=_init_worker if workers else None,
         prefetch_factor=4 if workers else None,
     )
+    batches = (_finish_on_device(b, sources, cfg, device) for b in loader) if on_device else iter(loader)
     show = sys.stderr.isatty() if progress is None else progress
     if not show:
-        yield from loader
+        yield from batches
         return
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
@@ -236,6 +318,6 @@ def iter_batches(
     )
     with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task(description, total=len(sources))
-        for batch in loader:
+        for batch in batches:
             yield batch
             bar.advance(task, len(batch.indices) + len(batch.errors))

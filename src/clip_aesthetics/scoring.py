@@ -51,10 +51,12 @@ def score_paths(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     draft: bool = True,
     progress: bool | None = None,
+    decode: str = "auto",
 ) -> ScoreReport:
     """Score images (paths or encoded bytes) in batches; rows sorted best first with ``rank`` 1..N.
 
     Unreadable inputs do not stop the run: they are returned in ``errors`` with their reason.
+    ``decode`` is ``auto`` (nvJPEG on CUDA, else the CPU), ``cpu`` or ``gpu``; see :func:`iter_batches`.
     """
     start = time.perf_counter()
     scores = np.full(len(sources), np.nan, dtype=np.float64)
@@ -71,6 +73,8 @@ def score_paths(
         progress=progress,
         pin_memory=scorer.device.type == "cuda",
         description="scoring",
+        device=scorer.device,
+        decode=decode,
     ):
         errors.extend({"path": _source_name(sources[i], i), "error": reason} for i, reason in batch.errors)
         if not batch.indices:

@@ -48,6 +48,7 @@ def score(
     batch_size: int = typer.Option(64, min=1, help="Images per model call."),
     device: str = typer.Option("auto", help="auto (CUDA if present), cpu, cuda, cuda:1, ..."),
     precision: str = typer.Option("auto", help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16, fp16."),
+    decode: str = typer.Option("auto", help="JPEG decoding: auto (nvJPEG on CUDA), cpu, gpu."),
     workers: int = typer.Option(None, min=0, help="Decoding processes (default: one per core, at most 8)."),
     top: int = typer.Option(10, min=0, help="How many of the best images to show."),
     max_pixels: int = typer.Option(
@@ -63,7 +64,13 @@ def score(
         scorer_file or "zeroshot", model=model, pretrained=pretrained, prompts=groups, device=device
     )
     report = score_paths(
-        scorer, files, batch_size=batch_size, workers=workers, precision=precision, max_pixels=max_pixels
+        scorer,
+        files,
+        batch_size=batch_size,
+        workers=workers,
+        precision=precision,
+        max_pixels=max_pixels,
+        decode=decode,
     )
     for error in report.errors:
         err_console.print(f"[yellow]skipped[/yellow] {error['path']}: {error['error']}", highlight=False)
