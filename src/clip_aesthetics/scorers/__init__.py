@@ -2,18 +2,21 @@
 
 from .base import Calibration, ScoreOutput, Scorer
 from .finetuned import FinetunedScorer
-from .registry import load_scorer, read_scorer_file, register_scorer, save_scorer
+from .laion import LaionScorer, load_laion_scorer
 from .probe import ProbeHead, ProbeScorer
+from .registry import load_scorer, read_scorer_file, register_scorer, save_scorer
 from .zeroshot import ZeroShotScorer
 
 __all__ = [
     "Calibration",
+    "FinetunedScorer",
+    "LaionScorer",
     "ProbeHead",
     "ProbeScorer",
-    "FinetunedScorer",
     "ScoreOutput",
     "Scorer",
     "ZeroShotScorer",
+    "load_laion_scorer",
     "load_scorer",
     "read_scorer_file",
     "register_scorer",
