@@ -98,3 +98,26 @@ def test_prompt_files_json_and_yaml(tmp_path: Path) -> None:
 def test_image_only_backbone_refused() -> None:
     with pytest.raises(TypeError, match="text encoder"):
         ZeroShotScorer(load_backbone("timm:resnet18", "none", device="cpu"), GROUPS)
+
+
+def test_batch_too_large_for_memory_is_split(tiny_clip_spec: str, photo_dir: Path) -> None:
+    from clip_aesthetics.images import iter_batches
+
+    scorer = ZeroShotScorer(load_backbone(tiny_clip_spec, device="cpu"), GROUPS)
+    batch = next(
+        iter_batches(find_images([photo_dir]), scorer.backbone.preprocess_cfg, batch_size=8, workers=0)
+    )
+    expected = scorer.score_images(batch.images)
+    forward = scorer.forward
+    calls = []
+
+    def small_memory_forward(pixels):
+        calls.append(len(pixels))
+        if len(pixels) > 2:
+            raise torch.OutOfMemoryError("simulated")
+        return forward(pixels)
+
+    scorer.forward = small_memory_forward
+    split = scorer.score_images(batch.images)
+    assert torch.allclose(split.score, expected.score, atol=1e-6) and torch.allclose(split.raw, expected.raw)
+    assert max(c for c in calls if c <= 2) == 2 and calls[0] == 8

@@ -27,6 +27,9 @@ class ScoreOutput:
     distribution: torch.Tensor | None = None
     raw: torch.Tensor | None = None
 
+    def __getitem__(self, index: int) -> torch.Tensor | None:  # fields by position: score, distribution, raw
+        return (self.score, self.distribution, self.raw)[index]
+
 
 @dataclass(frozen=True)
 class Calibration:
@@ -83,9 +86,23 @@ class Scorer(nn.Module):
 
     @torch.inference_mode()
     def score_images(self, images: torch.Tensor, precision: str = "auto") -> ScoreOutput:
-        """Score a uint8 batch (N, 3, H, W) prepared by the image pipeline; results in float32 on CPU."""
-        with autocast(self.device, precision):
-            output = self(self.backbone.normalize(images))
+        """Score a uint8 batch (N, 3, H, W) prepared by the image pipeline; results in float32 on CPU.
+
+        A batch too large for the GPU's memory is split in halves until it fits, so a large
+        ``--batch-size`` is safe to ask for.
+        """
+        try:
+            with autocast(self.device, precision):
+                output = self(self.backbone.normalize(images))
+        except torch.OutOfMemoryError:
+            if len(images) == 1:
+                raise
+            torch.cuda.empty_cache()
+            half = len(images) // 2
+            parts = [self.score_images(images[:half], precision), self.score_images(images[half:], precision)]
+            return ScoreOutput(
+                *(None if parts[0][k] is None else torch.cat([p[k] for p in parts]) for k in range(3))
+            )
         return ScoreOutput(
             *(None if t is None else t.float().cpu() for t in (output.score, output.distribution, output.raw))
         )
