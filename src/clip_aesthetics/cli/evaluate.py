@@ -1,0 +1,346 @@
+"""`clip-aesthetics evaluate` and `compare`: scorers on a labelled dataset split, metrics and predictions."""
+
+from __future__ import annotations
+
+import gc
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from ..evaluation import (
+    EVAL_DATASETS,
+    EvaluationResult,
+    EvaluationSet,
+    comparison_row,
+    evaluate_scorer,
+    load_split,
+    metrics_document,
+    package_versions,
+    plot_evaluation,
+    write_json,
+    write_predictions,
+)
+from ..images import DEFAULT_MAX_PIXELS
+from ..prompts import PromptGroups
+from ..scorers.base import Scorer
+from ..scoring import build_scorer
+from .app import EXIT_NOTHING_DONE, app, console, err_console, fail, user_errors
+from .score import prompt_groups
+
+METHODS = ("zeroshot", "probe", "finetune")
+MADE_BY = {"probe": "clip-aesthetics fit-probe", "finetune": "clip-aesthetics finetune"}
+SHOW_FAILED = 10
+
+# Options shared by evaluate and compare.
+Root = Annotated[Path, typer.Argument(help="Dataset folder (for --dataset csv: the CSV file).")]
+Dataset = Annotated[str, typer.Option("--dataset", "-d", help=f"One of {', '.join(EVAL_DATASETS)}.")]
+Split = Annotated[str, typer.Option(help="train, val, test, or all (every record).")]
+SplitKind = Annotated[str, typer.Option(help="official (the dataset's own) or random (seeded 80/10/10).")]
+SplitSeed = Annotated[int | None, typer.Option(help="Seed of a random split or the val carve-out.")]
+Manifest = Annotated[
+    Path | None, typer.Option(help="Broken-image manifest (default: broken_images.json if present).")
+]
+Model = Annotated[
+    str | None, typer.Option("--model", "-m", help="Zero-shot backbone: ViT-B-32, local-dir:PATH, ...")
+]
+Pretrained = Annotated[
+    str | None, typer.Option(help="Zero-shot weights: a tag (default openai), a file, or 'none'.")
+]
+Positive = Annotated[
+    list[str] | None, typer.Option("--positive", help="Zero-shot positive prompt (repeatable).")
+]
+Negative = Annotated[
+    list[str] | None, typer.Option("--negative", help="Zero-shot negative prompt (repeatable).")
+]
+Prompts = Annotated[Path | None, typer.Option(help="JSON or YAML file with 'positive' and 'negative' lists.")]
+Threshold = Annotated[float, typer.Option(help="A true mean above this is 'good' (AVA convention: 5).")]
+PredThreshold = Annotated[
+    float | None,
+    typer.Option(help="A predicted score above this is 'good' (default: the scorer's own rule)."),
+]
+Bootstrap = Annotated[int, typer.Option(min=0, help="Bootstrap resamples for 95% intervals (0: none).")]
+BatchSize = Annotated[int, typer.Option(min=1, help="Images per model call.")]
+Workers = Annotated[
+    int | None, typer.Option(min=0, help="Decoding processes (default: depends on the device).")
+]
+Decode = Annotated[str, typer.Option(help="JPEG decoding: auto (nvJPEG on CUDA), cpu, gpu.")]
+Device = Annotated[str, typer.Option(help="auto (CUDA if present), cpu, cuda, cuda:1, ...")]
+Precision = Annotated[str, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16, fp16.")]
+MaxPixels = Annotated[int, typer.Option(min=1, help="Larger images count as unreadable.")]
+
+
+def scorer_file_method(path: Path | str) -> str:
+    """The ``method`` a scorer file declares, read from its config alone (no tensors, no backbone)."""
+    from safetensors import safe_open
+
+    from ..scorers.registry import METADATA_KEY
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"scorer file not found: {path}")
+    if path.suffix == ".json":
+        config = json.loads(path.read_text(encoding="utf-8"))
+    else:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        if METADATA_KEY not in metadata:
+            raise ValueError(f"{path} is not a clip-aesthetics scorer file (no config in its metadata)")
+        config = json.loads(metadata[METADATA_KEY])
+    return str(config.get("method"))
+
+
+def resolve_method(method: str | None, scorer_file: str | None) -> str:
+    """The method to evaluate: a scorer file's own, which an explicit ``--method`` must agree with."""
+    if method is not None and method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if scorer_file is None:
+        if method in MADE_BY:
+            raise ValueError(f"--method {method} needs --scorer FILE (a scorer saved by `{MADE_BY[method]}`)")
+        return "zeroshot"
+    declared = scorer_file_method(scorer_file)
+    if method is not None and method != declared:
+        raise ValueError(
+            f"--method {method} but {scorer_file} is a {declared} scorer; drop --method or fix it"
+        )
+    return declared
+
+
+def _check_suffix(path: Path | None, suffix: str, option: str) -> None:
+    if path is not None and path.suffix.lower() != suffix:
+        raise ValueError(f"{option} must be a {suffix} file, not {path.name!r}")
+
+
+TABLE_METRICS = ("srcc", "plcc", "accuracy", "emd", "mse", "mae")
+HEADINGS = {"srcc": "SRCC", "plcc": "PLCC", "accuracy": "acc", "emd": "EMD", "mse": "MSE", "mae": "MAE"}
+
+
+def _metric_cells(metrics: dict, intervals: dict, names: list[str]) -> list[str]:
+    cells = []
+    for name in names:
+        value, interval = metrics.get(name), intervals.get(name)
+        text = "-" if value is None or value != value else f"{value:.3f}"
+        cells.append(f"{text}\n[{interval[0]:.3f}, {interval[1]:.3f}]" if interval else text)
+    return cells
+
+
+def print_results(named: list[tuple[str, EvaluationResult]], title: str) -> None:
+    """A rich table: one row per scorer with n, the metrics it has, failures, time and images/s."""
+    names = [m for m in TABLE_METRICS if any(m in r.metrics for _, r in named)]
+    table = Table(title=title)
+    table.add_column("scorer", overflow="fold")
+    for column in ["n", *[HEADINGS[n] for n in names], "failed", "time", "img/s"]:
+        table.add_column(column, justify="right", no_wrap=True)
+    for name, result in named:
+        cells = _metric_cells(result.metrics, result.intervals, names)
+        speed = [f"{result.seconds:.1f} s", f"{result.images_per_second:.1f}"]
+        table.add_row(name, str(result.n_scored), *cells, str(result.n_failed), *speed)
+    console.print(table)
+
+
+def _report_failed(result: EvaluationResult) -> None:
+    for item in result.failed[:SHOW_FAILED]:
+        err_console.print(
+            f"[yellow]failed[/yellow] {item['id']} ({item['path']}): {item['reason']}", highlight=False
+        )
+    if result.n_failed > SHOW_FAILED:
+        err_console.print(f"... and {result.n_failed - SHOW_FAILED} more (listed in the metrics file)")
+
+
+def _load_set(
+    root: Path, dataset: str, split: str, kind: str, seed: int | None, manifest: Path | None
+) -> EvaluationSet:
+    evaluation_set = load_split(dataset, root, split, kind, seed=seed, manifest=manifest)
+    report = evaluation_set.dataset.report
+    console.print(
+        f"{dataset}: {report.summary()}; split {split} ({evaluation_set.info.kind}): "
+        f"{len(evaluation_set.records)} images",
+        highlight=False,
+    )
+    if not evaluation_set.records:
+        raise fail(f"split {split!r} of {root} has no images to evaluate", EXIT_NOTHING_DONE)
+    return evaluation_set
+
+
+@app.command()
+@user_errors
+def evaluate(
+    root: Root,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Metrics file (.json).")],
+    dataset: Dataset = "ava",
+    split: Split = "test",
+    split_kind: SplitKind = "official",
+    split_seed: SplitSeed = None,
+    manifest: Manifest = None,
+    method: Annotated[str | None, typer.Option(help="zeroshot (default), probe or finetune.")] = None,
+    scorer_file: Annotated[
+        str | None, typer.Option("--scorer", help="A saved scorer file (.json/.safetensors).")
+    ] = None,
+    model: Model = None,
+    pretrained: Pretrained = None,
+    positive: Positive = None,
+    negative: Negative = None,
+    prompts: Prompts = None,
+    predictions: Annotated[Path | None, typer.Option(help="Per-image predictions (.csv).")] = None,
+    plots: Annotated[Path | None, typer.Option(help="Folder for scatter and histogram PNGs.")] = None,
+    threshold: Threshold = 5.0,
+    pred_threshold: PredThreshold = None,
+    bootstrap: Bootstrap = 0,
+    batch_size: BatchSize = 64,
+    workers: Workers = None,
+    device: Device = "auto",
+    precision: Precision = "auto",
+    decode: Decode = "auto",
+    max_pixels: MaxPixels = DEFAULT_MAX_PIXELS,
+) -> None:
+    """Evaluate one scorer on a labelled dataset split: metrics JSON, predictions CSV, optional plots."""
+    _check_suffix(output, ".json", "--output")
+    _check_suffix(predictions, ".csv", "--predictions")
+    resolve_method(method, scorer_file)
+    groups = prompt_groups(positive, negative, prompts)
+    evaluation_set = _load_set(root, dataset, split, split_kind, split_seed, manifest)
+    scorer = _build(scorer_file, model, pretrained, groups, device)
+    result = evaluate_scorer(
+        scorer,
+        evaluation_set.records,
+        threshold=threshold,
+        pred_threshold=pred_threshold,
+        bootstrap=bootstrap,
+        batch_size=batch_size,
+        workers=workers,
+        precision=precision,
+        max_pixels=max_pixels,
+        decode=decode,
+    )
+    _report_failed(result)
+    print_results([(scorer_file or "zeroshot", result)], f"{dataset} {split}: {result.n_scored} images")
+    write_json(metrics_document(result, evaluation_set), output)
+    written = [output]
+    if predictions is not None:
+        written.append(write_predictions(result, predictions))
+    if plots is not None and result.n_scored >= 2:
+        written += plot_evaluation(result, plots, title=Path(scorer_file or "zeroshot").stem)
+    console.print(f"wrote {', '.join(map(str, written))}", highlight=False)
+    if result.n_scored < 2:
+        raise fail(
+            f"only {result.n_scored} of {len(result.records)} images could be scored", EXIT_NOTHING_DONE
+        )
+
+
+def _build(
+    scorer_file: str | None,
+    model: str | None,
+    pretrained: str | None,
+    groups: PromptGroups | None,
+    device: str,
+) -> Scorer:
+    if scorer_file is not None and pretrained is not None:
+        raise ValueError("a scorer file names its own backbone: drop --pretrained")
+    return build_scorer(
+        scorer_file or "zeroshot", model=model, pretrained=pretrained, prompts=groups, device=device
+    )
+
+
+def _names(scorer_files: list[str], zeroshot: bool) -> list[tuple[str, str | None]]:
+    """(display name, file) per scorer; file stems unless two collide, then the paths as given."""
+    stems = [Path(f).stem for f in scorer_files]
+    unique = len(set(stems)) == len(stems) and "zeroshot" not in stems
+    named = [(stem if unique else f, f) for stem, f in zip(stems, scorer_files, strict=True)]
+    return ([("zeroshot", None)] if zeroshot else []) + named
+
+
+@app.command()
+@user_errors
+def compare(
+    root: Root,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Comparison table (.md).")],
+    json_output: Annotated[
+        Path | None, typer.Option("--json", help="The same table with details (.json).")
+    ] = None,
+    dataset: Dataset = "ava",
+    split: Split = "test",
+    split_kind: SplitKind = "official",
+    split_seed: SplitSeed = None,
+    manifest: Manifest = None,
+    scorer_files: Annotated[
+        list[str] | None, typer.Option("--scorer", help="A scorer file (repeatable).")
+    ] = None,
+    zeroshot: Annotated[bool, typer.Option("--zeroshot", help="Also evaluate zero-shot prompts.")] = False,
+    model: Model = None,
+    pretrained: Pretrained = None,
+    positive: Positive = None,
+    negative: Negative = None,
+    prompts: Prompts = None,
+    threshold: Threshold = 5.0,
+    bootstrap: Bootstrap = 0,
+    batch_size: BatchSize = 64,
+    workers: Workers = None,
+    device: Device = "auto",
+    precision: Precision = "auto",
+    decode: Decode = "auto",
+    max_pixels: MaxPixels = DEFAULT_MAX_PIXELS,
+) -> None:
+    """Evaluate several scorers on the same split and write one table (Markdown, and JSON with --json)."""
+    _check_suffix(output, ".md", "--output")
+    _check_suffix(json_output, ".json", "--json")
+    scorer_files = scorer_files or []
+    if not scorer_files and not zeroshot:
+        raise ValueError("nothing to compare: give --scorer FILE (repeatable) and/or --zeroshot")
+    groups = prompt_groups(positive, negative, prompts)
+    if not zeroshot and (model or pretrained or groups):
+        raise ValueError(
+            "--model, --pretrained and prompt options describe the --zeroshot scorer: add --zeroshot"
+        )
+    for path in scorer_files:
+        scorer_file_method(path)  # fail on a bad file now, not after the first scorer has run
+    evaluation_set = _load_set(root, dataset, split, split_kind, split_seed, manifest)
+    options = {"threshold": threshold, "bootstrap": bootstrap, "batch_size": batch_size, "workers": workers}
+    options.update(precision=precision, max_pixels=max_pixels, decode=decode)
+    named: list[tuple[str, EvaluationResult]] = []
+    for name, path in _names(scorer_files, zeroshot):
+        # --model/--pretrained/prompts describe the zero-shot scorer; a file names its own backbone.
+        backbone = (model, pretrained, groups) if path is None else (None, None, None)
+        scorer = _build(path, *backbone, device)
+        result = evaluate_scorer(scorer, evaluation_set.records, **options)
+        del scorer  # one model in memory at a time
+        gc.collect()
+        _report_failed(result)
+        named.append((name, result))
+    print_results(named, f"{dataset} {split}: {len(evaluation_set.records)} images")
+    rows = [comparison_row(name, result) for name, result in named]
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(markdown_table(rows), encoding="utf-8")
+    written = [output]
+    if json_output is not None:
+        document = {
+            **evaluation_set.describe(),
+            "threshold": threshold,
+            "rows": rows,
+            "versions": package_versions(),
+        }
+        written.append(write_json(document, json_output))
+    console.print(f"wrote {', '.join(map(str, written))}", highlight=False)
+
+
+def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
+    """Comparison rows as a Markdown table (metrics to 3 decimals, intervals in brackets, '-' when absent)."""
+    metrics = [m for m in TABLE_METRICS if any(row.get(m) is not None for row in rows)]
+    header = ["scorer", "method", "backbone", "n", *metrics, "failed", "images/s"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    for row in rows:
+        cells = [str(row["name"]), str(row.get("method") or "-"), str(row.get("backbone") or "-")]
+        cells.append(str(row.get("n", 0)))
+        for m in metrics:
+            interval = (row.get("intervals") or {}).get(m)
+            text = _fmt(row.get(m))
+            cells.append(f"{text} [{_fmt(interval[0])}, {_fmt(interval[1])}]" if interval else text)
+        cells += [str(row.get("n_failed", 0)), f"{row.get('images_per_second') or 0:.1f}"]
+        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None or value != value else f"{value:.3f}"
