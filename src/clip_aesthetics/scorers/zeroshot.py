@@ -20,9 +20,19 @@ from .registry import register_scorer
 LOGIT_SCALE = 100.0
 
 
+STRATEGIES = ("ensemble", "context")
+
+
 @register_scorer
 class ZeroShotScorer(Scorer):
-    """Positive vs negative prompt groups, each group's text embeddings ensembled."""
+    """Positive vs negative prompt groups.
+
+    Strategies (paper section 4.1):
+        ``ensemble``: each group's text embeddings are averaged (the default and the paper's best);
+        ``context``: the groups are aligned per content word (``positive[i]`` and ``negative[i]`` name the
+        same ImageNet class); each image is compared with the pair of its best-matching class, found with
+        the neutral ``context_prompts`` ("a picture of a {class}").
+    """
 
     method = "zeroshot"
 
@@ -32,19 +42,29 @@ class ZeroShotScorer(Scorer):
         prompts: PromptGroups | None = None,
         calibration: Calibration | None = None,
         recipe: dict | None = None,
+        strategy: str = "ensemble",
+        context_prompts: tuple[str, ...] | None = None,
     ) -> None:
         super().__init__(backbone, calibration)
         if not backbone.has_text:
             raise TypeError(f"zero-shot scoring needs a CLIP model with a text encoder, not {backbone.spec}")
+        if strategy not in STRATEGIES:
+            raise ValueError(f"unknown zero-shot strategy {strategy!r} (choose {', '.join(STRATEGIES)})")
         self.prompts = prompts or default_prompts()
-        self.recipe = recipe
-        device = backbone.device
-        self.register_buffer(
-            "positive", group_embedding(encode_texts(backbone, self.prompts.positive)).to(device)
+        self.recipe, self.strategy, self.context_prompts = recipe, strategy, context_prompts
+        positive, negative = (
+            encode_texts(backbone, texts) for texts in (self.prompts.positive, self.prompts.negative)
         )
-        self.register_buffer(
-            "negative", group_embedding(encode_texts(backbone, self.prompts.negative)).to(device)
-        )
+        if strategy == "context":
+            if context_prompts is None or not len(positive) == len(negative) == len(context_prompts):
+                raise ValueError(
+                    "the context strategy needs equally long positive, negative and context prompts"
+                )
+            self.register_buffer("contexts", encode_texts(backbone, context_prompts).to(backbone.device))
+        else:
+            positive, negative = group_embedding(positive), group_embedding(negative)
+        self.register_buffer("positive", positive.to(backbone.device))
+        self.register_buffer("negative", negative.to(backbone.device))
 
     @property
     def label_threshold(self) -> float:  # the closer group decides, unless calibrated onto AVA's scale
@@ -53,7 +73,14 @@ class ZeroShotScorer(Scorer):
     def score_features(self, image_features: torch.Tensor) -> ScoreOutput:
         """Scores from image embeddings (any dtype); used on cached features too."""
         features = F.normalize(image_features.float(), dim=-1)
-        raw = LOGIT_SCALE * (features @ self.positive.float() - features @ self.negative.float())
+        positive, negative = self.positive.float(), self.negative.float()
+        if self.strategy == "context":
+            best = (features @ self.contexts.float().T).argmax(dim=-1)
+            positive, negative = positive[best], negative[best]
+            similarity = (features * (positive - negative)).sum(dim=-1)
+        else:
+            similarity = features @ positive - features @ negative
+        raw = LOGIT_SCALE * similarity
         return self._calibrated(ScoreOutput(score=1.0 + 9.0 * torch.sigmoid(raw), raw=raw))
 
     def forward(self, pixels: torch.Tensor) -> ScoreOutput:
@@ -63,6 +90,8 @@ class ZeroShotScorer(Scorer):
         return {
             **super().config(),
             "prompts": self.prompts.to_dict(),
+            "strategy": self.strategy,
+            "context_prompts": list(self.context_prompts) if self.context_prompts else None,
             "recipe": self.recipe,
             "logit_scale": LOGIT_SCALE,
         }
@@ -70,4 +99,12 @@ class ZeroShotScorer(Scorer):
     @classmethod
     def from_saved(cls, config: dict, tensors: dict, backbone: Backbone) -> ZeroShotScorer:
         calibration = Calibration(**config["calibration"]) if config.get("calibration") else None
-        return cls(backbone, PromptGroups.from_dict(config["prompts"]), calibration, config.get("recipe"))
+        context = tuple(config["context_prompts"]) if config.get("context_prompts") else None
+        return cls(
+            backbone,
+            PromptGroups.from_dict(config["prompts"]),
+            calibration,
+            config.get("recipe"),
+            strategy=config.get("strategy", "ensemble"),
+            context_prompts=context,
+        )

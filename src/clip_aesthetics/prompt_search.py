@@ -1,0 +1,174 @@
+"""Prompt engineering study (paper section 4.1): which adjective pair, fixed or context-aware, ensembled.
+
+Image embeddings are computed once (a feature cache) and every text once (the text-embedding cache); a
+pair's score is then a difference of two precomputed similarity columns, so searching 576 pairs under
+three strategies costs little more than one pass over the images.
+
+Strategies, for a positive adjective ``p`` and a negative ``q``:
+    ``fixed``: ``a {p} picture`` vs ``a {q} picture``;
+    ``context``: ``a {p} picture of a {c}`` vs ``a {q} picture of a {c}`` where ``c`` is the image's
+    best-matching content word (highest similarity to ``a picture of a {c}``);
+    ``ensemble``: each adjective's context prompts over all content words averaged (the paper's best).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.stats import rankdata
+
+from .backbones import Backbone
+from .prompts import (
+    CONTEXT_TEMPLATE,
+    IMAGENET_CLASSES,
+    PromptGroups,
+    encode_texts,
+    expand,
+    group_embedding,
+)
+from .scorers.zeroshot import LOGIT_SCALE, ZeroShotScorer
+
+STRATEGIES = ("fixed", "context", "ensemble")
+NEUTRAL_TEMPLATE = "a picture of a {content}"
+METRICS = ("srcc", "plcc", "accuracy")
+
+
+@dataclass
+class AdjectiveEmbeddings:
+    """Text embeddings of every adjective under every strategy (all L2-normalised, float32)."""
+
+    adjectives: tuple[str, ...]
+    contents: tuple[str, ...]
+    fixed: torch.Tensor  # (A, D)
+    per_content: torch.Tensor  # (A, C, D)
+    ensemble: torch.Tensor  # (A, D)
+    neutral: torch.Tensor  # (C, D)
+
+
+def embed_adjectives(
+    backbone: Backbone, adjectives: tuple[str, ...], contents: tuple[str, ...]
+) -> AdjectiveEmbeddings:
+    """Encode all prompts of all adjectives once (batched, cached on disk per backbone and texts)."""
+    fixed = encode_texts(backbone, expand(adjectives))
+    per_content = encode_texts(backbone, expand(adjectives, contents)).view(
+        len(adjectives), len(contents), -1
+    )
+    ensemble = torch.stack([group_embedding(group) for group in per_content])
+    neutral = encode_texts(backbone, tuple(NEUTRAL_TEMPLATE.format(content=c) for c in contents))
+    return AdjectiveEmbeddings(tuple(adjectives), tuple(contents), fixed, per_content, ensemble, neutral)
+
+
+def similarities(features: np.ndarray | torch.Tensor, emb: AdjectiveEmbeddings) -> dict[str, np.ndarray]:
+    """Cosine similarity of each image to each adjective's prompt, per strategy: {strategy: (N, A)}."""
+    features = torch.nn.functional.normalize(torch.as_tensor(features).float(), dim=-1)
+    best = (features @ emb.neutral.T).argmax(dim=-1)  # each image's content word
+    context = torch.stack(
+        [(features * emb.per_content[a, best]).sum(-1) for a in range(len(emb.adjectives))], 1
+    )
+    return {
+        "fixed": (features @ emb.fixed.T).numpy(),
+        "context": context.numpy(),
+        "ensemble": (features @ emb.ensemble.T).numpy(),
+    }
+
+
+def _pearson(x: np.ndarray, y: np.ndarray) -> float:
+    x, y = x - x.mean(), y - y.mean()
+    denominator = np.sqrt((x * x).sum() * (y * y).sum())
+    return float((x * y).sum() / denominator) if denominator > 0 else float("nan")
+
+
+def pair_metrics(raw: np.ndarray, true: np.ndarray, true_ranks: np.ndarray, threshold: float) -> dict:
+    """SRCC of the raw score, PLCC of the 1-10 score, accuracy of the closer-group decision."""
+    score = 1.0 + 9.0 / (1.0 + np.exp(-raw))
+    return {
+        "srcc": _pearson(rankdata(raw), true_ranks),
+        "plcc": _pearson(score, true),
+        "accuracy": float(np.mean((raw > 0) == (true > threshold))),
+    }
+
+
+def search_pairs(
+    sims: dict[str, np.ndarray],
+    adjectives: tuple[str, ...],
+    positives: tuple[str, ...],
+    negatives: tuple[str, ...],
+    true: np.ndarray,
+    *,
+    threshold: float = 5.0,
+    metric: str = "srcc",
+) -> list[dict]:
+    """Evaluate every positive x negative pair under every strategy; rows sorted best first by ``metric``."""
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r} (choose {', '.join(METRICS)})")
+    index = {a: i for i, a in enumerate(adjectives)}
+    true = np.asarray(true, dtype=np.float64)
+    true_ranks = rankdata(true)
+    rows = []
+    for strategy, sim in sims.items():
+        for p in positives:
+            for q in negatives:
+                raw = LOGIT_SCALE * (sim[:, index[p]].astype(np.float64) - sim[:, index[q]])
+                metrics = pair_metrics(raw, true, true_ranks, threshold)
+                rows.append({"strategy": strategy, "positive": p, "negative": q, "n": len(true), **metrics})
+    rows.sort(key=lambda r: -np.nan_to_num(r[metric], nan=-np.inf))
+    for rank, row in enumerate(rows, start=1):
+        row["rank"] = rank
+    return rows
+
+
+def best_scorer(backbone: Backbone, row: dict, contents: tuple[str, ...]) -> ZeroShotScorer:
+    """The zero-shot scorer of a result row (same prompts and strategy as searched)."""
+    p, q = (row["positive"],), (row["negative"],)
+    recipe = {"search_result": {k: row[k] for k in ("strategy", "positive", "negative", *METRICS)}}
+    if row["strategy"] == "fixed":
+        return ZeroShotScorer(backbone, PromptGroups(expand(p), expand(q)), recipe=recipe)
+    groups = PromptGroups(expand(p, contents, CONTEXT_TEMPLATE), expand(q, contents, CONTEXT_TEMPLATE))
+    if row["strategy"] == "ensemble":
+        return ZeroShotScorer(backbone, groups, recipe=recipe)
+    neutral = tuple(NEUTRAL_TEMPLATE.format(content=c) for c in contents)
+    return ZeroShotScorer(backbone, groups, recipe=recipe, strategy="context", context_prompts=neutral)
+
+
+def markdown_table(rows: list[dict], limit: int = 30) -> str:
+    """The top ``limit`` rows as a Markdown table."""
+    lines = [
+        "| rank | strategy | positive | negative | SRCC | PLCC | accuracy |",
+        "|---:|---|---|---|---:|---:|---:|",
+    ]
+    for row in rows[:limit]:
+        lines.append(
+            f"| {row['rank']} | {row['strategy']} | {row['positive']} | {row['negative']} | "
+            f"{row['srcc']:.4f} | {row['plcc']:.4f} | {row['accuracy']:.4f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def load_word_list(value: str | None, default: tuple[str, ...]) -> tuple[str, ...]:
+    """Words from a file (one per line), a comma-separated list, or the default when None."""
+    if value is None:
+        return default
+    path = Path(value)
+    words = path.read_text(encoding="utf-8").splitlines() if path.is_file() else value.split(",")
+    words = tuple(dict.fromkeys(w.strip() for w in words if w.strip()))
+    if not words:
+        raise ValueError(f"no words in {value!r}")
+    return words
+
+
+def contents_for(value: str) -> tuple[str, ...]:
+    """Content words: ``imagenet`` (the 1000 class names) or a file / comma-separated list."""
+    return IMAGENET_CLASSES if value == "imagenet" else load_word_list(value, IMAGENET_CLASSES)
+
+
+def write_results(rows: list[dict], meta: dict, json_path: str | os.PathLike, markdown_path=None) -> None:
+    """Write the ranked table as JSON (with ``meta``) and optionally Markdown."""
+    Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+    Path(json_path).write_text(json.dumps({**meta, "results": rows}, indent=2), encoding="utf-8")
+    if markdown_path is not None:
+        Path(markdown_path).write_text(markdown_table(rows), encoding="utf-8")
