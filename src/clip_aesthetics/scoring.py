@@ -157,17 +157,22 @@ def build_scorer(
     """A scorer from a method name (``zeroshot``) or a saved scorer file.
 
     Args:
-        source: ``zeroshot`` or the path of a scorer file (``.json`` / ``.safetensors``).
+        source: ``zeroshot``, the path of a scorer file (``.json`` / ``.safetensors``), or
+            ``laion:/path/to/file.pth`` for a LAION aesthetic predictor checkpoint.
         model, pretrained, quick_gelu: the backbone (see :func:`load_backbone`); for a file, they override
-            nothing and must be left unset.
+            nothing and must be left unset; for ``laion:`` they default to ViT-L-14 / openai.
         prompts: custom prompt groups for ``zeroshot`` (default: the paper's best).
     """
     from .backbones import DEFAULT_MODEL, load_backbone
-    from .scorers import ZeroShotScorer, load_scorer
+    from .scorers import ZeroShotScorer, load_laion_scorer, load_scorer
 
     if source == "zeroshot":
         backbone = load_backbone(model or DEFAULT_MODEL, pretrained, device=device, quick_gelu=quick_gelu)
         return ZeroShotScorer(backbone, prompts).eval()
+    if source.startswith("laion:") and prompts is None:
+        return load_laion_scorer(
+            source.removeprefix("laion:"), model=model, pretrained=pretrained, device=device
+        )
     if model is not None or prompts is not None:
         raise ValueError(
             "a scorer file names its own backbone and prompts: drop --model/--positive/--negative"

@@ -52,9 +52,17 @@ def _ids_digest(records: Sequence[Record]) -> str:
 
 
 def cache_plan(
-    backbone: Backbone, records: Sequence[Record], source: dict, precision: str, shard_size: int
+    backbone: Backbone,
+    records: Sequence[Record],
+    source: dict,
+    precision: str,
+    shard_size: int,
+    decode: str = "cpu",
 ) -> dict:
-    """The part of a manifest a cache must match to be resumed or reused (JSON-normalised)."""
+    """The part of a manifest a cache must match to be resumed or reused (JSON-normalised).
+
+    Precision and decoder (``cpu``: PIL, ``gpu``: nvJPEG) are part of it: both change the features slightly.
+    """
     plan = {
         "format": CACHE_FORMAT,
         "format_version": FORMAT_VERSION,
@@ -65,6 +73,7 @@ def cache_plan(
             "dtype": np.dtype(FEATURE_DTYPE).name,
             "normalization": "none",
             "precision": resolve_precision(backbone.device, precision),
+            "decode": decode,
         },
         "dataset": {**source, "n_records": len(records), "ids_digest": _ids_digest(records)},
         "shard_size": shard_size,

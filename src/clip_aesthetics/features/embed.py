@@ -19,7 +19,7 @@ import torch
 
 from ..backbones import Backbone
 from ..datasets import Record, load_dataset, split_records
-from ..images import iter_batches
+from ..images import iter_batches, resolve_decode
 from ..scorers.base import autocast
 from .cache import (
     FEATURE_DTYPE,
@@ -152,6 +152,7 @@ def embed_records(
     shard_size: int = DEFAULT_SHARD_SIZE,
     workers: int | None = None,
     precision: str = "auto",
+    decode: str = "auto",
     overwrite: bool = False,
     progress: bool | None = None,
     on_batch: Callable[[int], None] | None = None,
@@ -168,6 +169,7 @@ def embed_records(
         shard_size: records per shard file.
         workers: decoding processes (see :func:`~clip_aesthetics.images.iter_batches`).
         precision: ``auto`` (bf16 on CUDA, fp32 on CPU), ``fp32``, ``bf16`` or ``fp16``.
+        decode: JPEG decoding, ``auto`` (nvJPEG on CUDA), ``cpu`` or ``gpu``.
         overwrite: rebuild a cache made with another backbone, preprocessing or dataset.
         progress: show a progress bar (default: when stderr is a terminal).
         on_batch: called after each batch with the number of batches done in this run.
@@ -182,7 +184,9 @@ def embed_records(
             "run batches every image as an uninterrupted one does"
         )
     start_time, out = time.perf_counter(), Path(out)
-    manifest = open_for_writing(out, cache_plan(backbone, records, source, precision, shard_size), overwrite)
+    decoder = "gpu" if resolve_decode(decode, backbone.device) else "cpu"
+    plan = cache_plan(backbone, records, source, precision, shard_size, decoder)
+    manifest = open_for_writing(out, plan, overwrite)
     n_shards = -(-len(records) // shard_size)
     pending = pending_shards(out, manifest, n_shards)
     order = [i for k in pending for i in range(k * shard_size, min(len(records), (k + 1) * shard_size))]
@@ -195,6 +199,8 @@ def embed_records(
         pin_memory=backbone.device.type == "cuda",
         progress=progress,
         description="embedding",
+        device=backbone.device,
+        decode=decoder,
     )
     for n_batches, batch in enumerate(batches, start=1):
         features = _embed_batch(backbone, batch.images, precision) if batch.indices else None
