@@ -201,6 +201,7 @@ def evaluate(
     _check_suffix(predictions, ".csv", "--predictions")
     resolve_method(method, scorer_file)
     groups = prompt_groups(positive, negative, prompts)
+    _check_file_options(scorer_file, model, pretrained, groups)
     evaluation_set = _load_set(root, dataset, split, split_kind, split_seed, manifest)
     scorer = _build(scorer_file, model, pretrained, groups, device)
     result = evaluate_scorer(
@@ -230,6 +231,17 @@ def evaluate(
         )
 
 
+def _check_file_options(
+    scorer_file: str | None, model: str | None, pretrained: str | None, groups: PromptGroups | None
+) -> None:
+    """Refuse backbone and prompt options next to a scorer file before any data or model is loaded."""
+    if scorer_file is not None and (model or pretrained or groups):
+        raise ValueError(
+            "a scorer file names its own backbone and prompts: drop --model/--pretrained/--positive/"
+            "--negative/--prompts"
+        )
+
+
 def _build(
     scorer_file: str | None,
     model: str | None,
@@ -237,8 +249,7 @@ def _build(
     groups: PromptGroups | None,
     device: str,
 ) -> Scorer:
-    if scorer_file is not None and pretrained is not None:
-        raise ValueError("a scorer file names its own backbone: drop --pretrained")
+    _check_file_options(scorer_file, model, pretrained, groups)
     return build_scorer(
         scorer_file or "zeroshot", model=model, pretrained=pretrained, prompts=groups, device=device
     )
