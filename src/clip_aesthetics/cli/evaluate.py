@@ -321,18 +321,23 @@ def compare(
         _report_failed(result)
         named.append((name, result))
     print_results(named, f"{dataset} {split}: {len(evaluation_set.records)} images")
+    _write_comparison(named, evaluation_set, threshold, output, json_output)
+
+
+def _write_comparison(
+    named: list[tuple[str, EvaluationResult]],
+    evaluation_set: EvaluationSet,
+    threshold: float,
+    output: Path,
+    json_output: Path | None,
+) -> None:
     rows = [comparison_row(name, result) for name, result in named]
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(markdown_table(rows), encoding="utf-8")
     written = [output]
     if json_output is not None:
-        document = {
-            **evaluation_set.describe(),
-            "threshold": threshold,
-            "rows": rows,
-            "versions": package_versions(),
-        }
-        written.append(write_json(document, json_output))
+        document = {**evaluation_set.describe(), "threshold": threshold, "rows": rows}
+        written.append(write_json({**document, "versions": package_versions()}, json_output))
     console.print(f"wrote {', '.join(map(str, written))}", highlight=False)
 
 
