@@ -104,6 +104,7 @@ def finetune(
             stopped_early=trainer.stopper.stopped,
             history=trainer.history,
             test=test,
+            model=trainer.model,
         )
     finally:
         if owns_group:

@@ -58,7 +58,11 @@ class EarlyStopping:
 
 @dataclass
 class FinetuneResult:
-    """What a call to :func:`finetune` did: epochs finished so far, the best epoch, final test metrics."""
+    """What a call to :func:`finetune` did: epochs finished so far, the best epoch, final test metrics.
+
+    ``model`` is this process's trained model: the best epoch's weights once the run has finished (they were
+    loaded for the test evaluation), the last epoch's weights when it stopped early via ``stop_after``.
+    """
 
     run_dir: Path
     epochs: int
@@ -67,6 +71,7 @@ class FinetuneResult:
     stopped_early: bool
     history: list[dict] = field(default_factory=list)
     test: dict | None = None
+    model: FinetuneModel | None = None
 
 
 def _log_nothing(message: str) -> None:
