@@ -115,7 +115,10 @@ def open_image(
         raise ImageLoadError(f"too large: {exc}") from None
     except (OSError, SyntaxError, ValueError) as exc:
         text = str(exc)
-        reason = "truncated or corrupt image" if "truncated" in text or "broken" in text else "corrupt image"
+        lowered = text.lower()
+        reason = (
+            "truncated or corrupt image" if "truncated" in lowered or "broken" in lowered else "corrupt image"
+        )
         raise ImageLoadError(f"{reason}: {text}") from None
 
 
