@@ -90,8 +90,8 @@ def finetune(
     )  # fmt: skip
     config, run_dir, resuming = _build_config(dataset, resume, out, options)
     result = run_finetune(config, run_dir, resume=resuming, stop_after=stop_after, log=_print)
-    if not result.history:
-        _print(f"nothing to do: {run_dir} already finished {result.epochs} epochs")
+    if not result.epochs_run:
+        _print(f"no epoch to run: {run_dir} has finished {result.epochs} epochs")
     status = "stopped early" if result.stopped_early else "finished" if result.finished else "paused"
     best = run_dir / "best.safetensors"
     _print(f"{status} after epoch {result.epochs}; best epoch {result.best_epoch}; scorer {best}")

@@ -61,12 +61,14 @@ def plot_curves(history: list[dict], path: Path, metric: str) -> None:
 
     matplotlib.use("Agg")  # no display on training machines
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     epochs = [row["epoch"] for row in history]
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
     ax.plot(epochs, [row["train_loss"] for row in history], "o-", label="train loss")
     ax.plot(epochs, [row[f"val_{metric}"] for row in history], "s-", label=f"validation {metric.upper()}")
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("loss")
     ax.grid(alpha=0.3)
     right = ax.twinx()

@@ -92,6 +92,7 @@ def finetune(
         if ctx.is_main:
             report.write_json(run_dir / report.CONFIG_FILE, trainer.describe())
         dist.barrier()
+        first_epoch = trainer.epoch
         trainer.fit(stop_after)
         finished = trainer.stopper.stopped or trainer.epoch >= config.max_epochs
         test = trainer.finish() if finished else None
@@ -102,6 +103,7 @@ def finetune(
             best_epoch=trainer.stopper.best_epoch,
             finished=finished,
             stopped_early=trainer.stopper.stopped,
+            epochs_run=trainer.epoch - first_epoch,
             history=trainer.history,
             test=test,
             model=trainer.model,

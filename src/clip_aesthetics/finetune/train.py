@@ -20,7 +20,6 @@ from torch.nn.parallel import DistributedDataParallel
 
 from .. import __version__
 from ..backbones import Backbone, load_backbone
-from ..images import default_workers
 from ..metrics import compute_metrics, emd
 from ..scorers.base import autocast
 from ..scorers.finetuned import FinetunedScorer
@@ -69,6 +68,7 @@ class FinetuneResult:
     best_epoch: int
     finished: bool
     stopped_early: bool
+    epochs_run: int = 0
     history: list[dict] = field(default_factory=list)
     test: dict | None = None
     model: FinetuneModel | None = None
@@ -101,8 +101,10 @@ class Trainer:
         self.best_state: dict[str, torch.Tensor] | None = None
         self.epoch = 0
         self.workers = config.workers
-        if self.workers is None:  # the cores are shared by the processes of one machine
-            self.workers = max(1, min(default_workers(), (os.cpu_count() or 1) // ctx.local_world_size))
+        if self.workers is None:
+            # decoding is what limits a GPU's training rate: use every core this process's share of the
+            # machine has (the shared pipeline's default stops at 8), keeping one for the training loop
+            self.workers = max(1, (os.cpu_count() or 1) // ctx.local_world_size - 1)
         self.ddp = self.model
         if ctx.distributed:
             ids = [ctx.device.index] if ctx.device.type == "cuda" else None
