@@ -1,8 +1,10 @@
 """Worker for test_finetune's torchrun test: fine-tune under DDP, then write this rank's parameter checksum.
 
 Run as ``torchrun --standalone --nproc-per-node 2 tests/finetune_ddp_worker.py DATASET MODEL RUN OUT``.
-The run stops after its second epoch (``stop_after``, so the model keeps its last-epoch weights rather than
-the best epoch's) and every rank writes ``rank<R>.json`` with a float64 sum and a byte hash of its parameters.
+Each rank takes micro-batches of 4 (global batch 16 = 2 ranks x 2 accumulation steps x 4), which covers
+DDP's no_sync path. The run stops after its second epoch (``stop_after``, so the model keeps its last-epoch
+weights rather than the best epoch's) and every rank writes ``rank<R>.json`` with a float64 sum and a byte
+hash of its parameters.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ def main(dataset: str, model: str, run_dir: str, out_dir: str) -> None:
     config = TrainConfig(
         dataset=dataset, model=model, optimizer="adamw", lr_backbone=1e-3, lr_head=1e-3, batch_size=16,
         max_epochs=3, split="random", val_fraction=0.25, test_fraction=0.25, workers=0, device="cpu",
-        dropout=0.1, augment=True,
+        dropout=0.1, augment=True, accumulate=2,
     )  # fmt: skip
     result = finetune(config, run_dir, stop_after=2)
     state = result.model.state_dict()

@@ -283,6 +283,35 @@ def test_resume_matches_an_uninterrupted_run(ava200: Path, tiny_clip_spec: str, 
         torch.testing.assert_close(last[1][name], value, rtol=1e-6, atol=1e-7)
 
 
+def test_gradient_accumulation_matches_one_big_batch(
+    ava200: Path, tiny_clip_spec: str, tmp_path: Path
+) -> None:
+    # plain SGD without dropout or augmentation: two half batches give the gradient of the whole batch
+    base = dict(max_epochs=2, optimizer="sgd", lr_backbone=0.05, lr_head=0.5)
+    whole = finetune(small_config(ava200, tiny_clip_spec, **base), tmp_path / "whole")
+    halves = finetune(small_config(ava200, tiny_clip_spec, accumulate=2, **base), tmp_path / "halves")
+    for a, b in zip(whole.history, halves.history, strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+        assert a["val_emd"] == pytest.approx(b["val_emd"], rel=1e-5)
+    for (name, a), b in zip(
+        whole.model.state_dict().items(), halves.model.state_dict().values(), strict=True
+    ):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_timm_backbone_trains_and_its_scorer_reloads(ava200: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    config = small_config(ava200, "timm:test_vit", pretrained="none", max_epochs=1, split="official")
+    result = finetune(config, run)
+    assert result.model.kind == "timm" and math.isfinite(result.history[0]["val_emd"])
+    scorer = load_scorer(run / "best.safetensors", device="cpu")
+    size = scorer.backbone.preprocess_cfg.size
+    images = torch.randint(0, 256, (3, 3, size, size), dtype=torch.uint8)
+    with torch.no_grad():
+        expected, _ = result.model.eval().predict(result.model.normalize(images))
+    torch.testing.assert_close(scorer.score_images(images).distribution, expected)
+
+
 def test_resume_rules(ava200: Path, tiny_clip_spec: str, tmp_path: Path) -> None:
     run = tmp_path / "run"
     finetune(small_config(ava200, tiny_clip_spec, max_epochs=2), run, stop_after=1)

@@ -30,7 +30,8 @@ def resume_config(run_dir: str | os.PathLike, **changes) -> TrainConfig:
     path = Path(run_dir) / report.CONFIG_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir} holds no fine-tuning run (no {report.CONFIG_FILE})")
-    data = json.loads(path.read_text(encoding="utf-8"))["config"]
+    original = json.loads(path.read_text(encoding="utf-8"))["config"]
+    data = dict(original)
     for key, value in changes.items():
         if key not in RESUMABLE_FIELDS:
             allowed = ", ".join("--" + k.replace("_", "-") for k in RESUMABLE_FIELDS)
@@ -39,21 +40,26 @@ def resume_config(run_dir: str | os.PathLike, **changes) -> TrainConfig:
             )
         if value is not None:
             data[key] = value
-    if data["max_epochs"] < json.loads(path.read_text(encoding="utf-8"))["config"]["max_epochs"]:
+    if data["max_epochs"] < original["max_epochs"]:
         raise ValueError("--max-epochs cannot shrink on resume: pass the same or a larger number")
     return TrainConfig.from_dict(data)
 
 
 def _prepare_dir(run_dir: Path, resume: bool, is_main: bool) -> None:
-    if resume:
-        if not (run_dir / report.LAST_CHECKPOINT).is_file():
-            raise FileNotFoundError(f"no checkpoint to resume from: {run_dir / report.LAST_CHECKPOINT}")
-        return
-    if (run_dir / report.LAST_CHECKPOINT).exists() or (run_dir / report.CONFIG_FILE).exists():
-        raise ValueError(
-            f"{run_dir} already holds a run: continue it with --resume {run_dir}, or pick another --out"
-        )
-    if is_main:
+    """Check the run folder on every rank and raise the same error everywhere (no rank left waiting)."""
+    error = None
+    if resume and not (run_dir / report.LAST_CHECKPOINT).is_file():  # every rank reads the checkpoint
+        error = f"no checkpoint to resume from: {run_dir / report.LAST_CHECKPOINT}"
+    elif (
+        not resume
+        and is_main
+        and any((run_dir / f).exists() for f in (report.LAST_CHECKPOINT, report.CONFIG_FILE))
+    ):
+        error = f"{run_dir} already holds a run: continue it with --resume {run_dir}, or pick another --out"
+    errors = [e for e in dist.all_gather_objects(error) if e]
+    if errors:
+        raise (FileNotFoundError if errors[0].startswith("no checkpoint") else ValueError)(errors[0])
+    if is_main and not resume:
         run_dir.mkdir(parents=True, exist_ok=True)
 
 
