@@ -1,0 +1,67 @@
+"""`clip-aesthetics reproduce`: the paper's three steps and the ImageNet baselines in one command."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from ..reproduce import DEFAULT_IMAGENET_MODEL, STEPS, ReproduceConfig, Study, write_report
+from .app import app, console, user_errors
+
+
+@app.command()
+@user_errors
+def reproduce(
+    ava: Path = typer.Option(..., help="The AVA_dataset folder (AVA.txt, images/, aesthetics_image_lists/)."),
+    out: Path = typer.Option(
+        ..., help="Output folder: scorers, feature caches, runs, report.md/.json, plots."
+    ),
+    split: str = typer.Option("official", help="official (generic_test.jpgl) or random (seeded 80/10/10)."),
+    seed: int = typer.Option(None, help="Seed of the random split / validation carve-out."),
+    model: str = typer.Option("ViT-B-32", "--model", "-m", help="CLIP backbone."),
+    pretrained: str = typer.Option(None, help="CLIP weights: a tag (default openai), a file, or 'none'."),
+    imagenet_model: str = typer.Option(DEFAULT_IMAGENET_MODEL, help="ImageNet baseline (timm:NAME)."),
+    imagenet_pretrained: str = typer.Option(None, help="ImageNet weights file, or 'none'."),
+    steps: str = typer.Option(",".join(STEPS), help="Steps to run (comma separated)."),
+    max_epochs: int = typer.Option(
+        100, min=1, help="Fine-tuning epochs at most (early stopping may end sooner)."
+    ),
+    batch_size: int = typer.Option(128, min=1, help="Batch size for evaluation and fine-tuning."),
+    workers: int = typer.Option(None, min=0, help="Decoding processes."),
+    device: str = typer.Option(None, help="auto (default), cpu, cuda, ..."),
+    precision: str = typer.Option("auto", help="auto (bf16 on CUDA), fp32, bf16, fp16."),
+) -> None:
+    """Reproduce the study: zero-shot prompts, CLIP vs ImageNet probes, CLIP vs ImageNet fine-tuning."""
+    config = ReproduceConfig(
+        ava=str(ava),
+        out=str(out),
+        split=split,
+        seed=seed,
+        model=model,
+        pretrained=pretrained,
+        imagenet_model=imagenet_model,
+        imagenet_pretrained=imagenet_pretrained,
+        steps=tuple(s.strip() for s in steps.split(",") if s.strip()),
+        max_epochs=max_epochs,
+        batch_size=batch_size,
+        workers=workers,
+        device=device,
+        precision=precision,
+    )
+    study = Study(config, log=lambda line: console.print(line, highlight=False))
+    study.run()
+    document = write_report(study)
+    table = Table(title="Test split")
+    for column in ("scorer", "n", "SRCC", "PLCC", "accuracy"):
+        table.add_column(column)
+    for row in document["results"]:
+        cells = [row["name"], str(row["n"])] + [_fmt(row[k]) for k in ("srcc", "plcc", "accuracy")]
+        table.add_row(*cells)
+    console.print(table)
+    console.print(f"wrote {out / 'report.md'}, {out / 'report.json'} and {out / 'plots'}", highlight=False)
+
+
+def _fmt(value) -> str:
+    return "-" if value is None or value != value else f"{value:.3f}"
