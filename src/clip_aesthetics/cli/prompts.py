@@ -42,7 +42,7 @@ def search(
     dataset: str = typer.Option("ava", help="Dataset format: ava, csv, aadb, tad66k, para, koniq."),
     split: str = typer.Option("val", help="Split to judge prompts on: train, val or test."),
     split_kind: str = typer.Option("official", help="official or random (seeded) split."),
-    seed: int = typer.Option(None, help="Seed of the random split / validation carve-out."),
+    split_seed: int = typer.Option(None, help="Seed of the random split / validation carve-out."),
     model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="CLIP backbone."),
     pretrained: str = typer.Option(None, help="Weights: a tag (default openai), a file, or 'none'."),
     positive: str = typer.Option(None, help="Positive adjectives: a file (one per line) or a,b,c."),
@@ -74,7 +74,7 @@ def search(
     if not backbone.has_text:
         raise ValueError(f"prompt search needs a CLIP model, not {model}")
     cache = cache or default_cache(output, model)
-    spec = DatasetSpec(dataset, str(dataset_root), split=split_kind, seed=seed)
+    spec = DatasetSpec(dataset, str(dataset_root), split=split_kind, seed=split_seed)
     embed_dataset(spec, backbone, cache, batch_size=batch_size, workers=workers, precision=precision)
     features = load_features(cache).select(split)
     if len(features) < 2:

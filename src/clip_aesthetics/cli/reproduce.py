@@ -19,7 +19,7 @@ def reproduce(
         ..., help="Output folder: scorers, feature caches, runs, report.md/.json, plots."
     ),
     split: str = typer.Option("official", help="official (generic_test.jpgl) or random (seeded 80/10/10)."),
-    seed: int = typer.Option(None, help="Seed of the random split / validation carve-out."),
+    split_seed: int = typer.Option(None, help="Seed of the random split / validation carve-out."),
     model: str = typer.Option("ViT-B-32", "--model", "-m", help="CLIP backbone."),
     pretrained: str = typer.Option(None, help="CLIP weights: a tag (default openai), a file, or 'none'."),
     imagenet_model: str = typer.Option(DEFAULT_IMAGENET_MODEL, help="ImageNet baseline (timm:NAME)."),
@@ -38,7 +38,7 @@ def reproduce(
         ava=str(ava),
         out=str(out),
         split=split,
-        seed=seed,
+        seed=split_seed,
         model=model,
         pretrained=pretrained,
         imagenet_model=imagenet_model,
