@@ -34,7 +34,7 @@ def test_prompt_search_ranks_and_saves_best(ava: Path, tmp_path: Path, tiny_clip
         "random",
         "--split",
         "train",
-        "--seed",
+        "--split-seed",
         "3",
         "--model",
         tiny_clip_spec,
