@@ -9,6 +9,7 @@ from rich.table import Table
 
 from ..images import DEFAULT_MAX_PIXELS, find_images
 from ..prompts import PromptGroups, load_prompt_file
+from ..report import DEFAULT_MAX_THUMBNAILS, render_score_report, write_html
 from ..scoring import build_scorer, errors_path_for, score_paths, write_rows
 from .app import EXIT_NOTHING_DONE, app, console, err_console, fail, user_errors
 
@@ -54,6 +55,10 @@ def score(
     max_pixels: int = typer.Option(
         DEFAULT_MAX_PIXELS, min=1, help="Refuse larger images (decompression bombs)."
     ),
+    html: Path = typer.Option(None, "--html", help="Also write a self-contained HTML report (thumbnails)."),
+    html_limit: int = typer.Option(
+        DEFAULT_MAX_THUMBNAILS, min=0, help="Embed thumbnails for at most this many best images."
+    ),
 ) -> None:
     """Score and rank photos by aesthetic quality (zero-shot by default: 'outstanding' vs 'horrible')."""
     groups = prompt_groups(positive, negative, prompts)
@@ -78,12 +83,15 @@ def score(
         write_rows(report.rows, output)
         if report.errors:
             write_rows(report.errors, errors_path_for(output).with_suffix(".csv"))
-    _summary(report, top, output)
+    if html is not None:
+        title = f"Aesthetic scores: {', '.join(map(str, paths))}"
+        write_html(render_score_report(report, title=title, max_thumbnails=html_limit), html)
+    _summary(report, top, output, html)
     if not report.rows:
         raise fail(f"none of the {len(files)} images could be read", EXIT_NOTHING_DONE)
 
 
-def _summary(report, top: int, output: Path | None) -> None:
+def _summary(report, top: int, output: Path | None, html: Path | None = None) -> None:
     if top and report.rows:
         table = Table(title=f"Top {min(top, len(report.rows))} of {len(report.rows)}")
         for column in ("rank", "score", "label", "path"):
@@ -99,4 +107,6 @@ def _summary(report, top: int, output: Path | None) -> None:
         line += f"; wrote {output}"
         if report.errors:
             line += f" and {errors_path_for(output).with_suffix('.csv')}"
+    if html is not None:
+        line += f"; HTML report {html}"
     console.print(line, highlight=False)
