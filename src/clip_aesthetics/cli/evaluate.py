@@ -26,6 +26,7 @@ from ..evaluation import (
 )
 from ..images import DEFAULT_MAX_PIXELS
 from ..prompts import PromptGroups
+from ..report import render_evaluation_report, write_html
 from ..scorers.base import Scorer
 from ..scoring import build_scorer
 from .app import EXIT_NOTHING_DONE, app, console, err_console, fail, user_errors
@@ -186,6 +187,9 @@ def evaluate(
     prompts: Prompts = None,
     predictions: Annotated[Path | None, typer.Option(help="Per-image predictions (.csv).")] = None,
     plots: Annotated[Path | None, typer.Option(help="Folder for scatter and histogram PNGs.")] = None,
+    html: Annotated[
+        Path | None, typer.Option(help="Self-contained HTML report of the photos (.html).")
+    ] = None,
     threshold: Threshold = 5.0,
     pred_threshold: PredThreshold = None,
     bootstrap: Bootstrap = 0,
@@ -199,6 +203,7 @@ def evaluate(
     """Evaluate one scorer on a labelled dataset split: metrics JSON, predictions CSV, optional plots."""
     _check_suffix(output, ".json", "--output")
     _check_suffix(predictions, ".csv", "--predictions")
+    _check_suffix(html, ".html", "--html")
     resolve_method(method, scorer_file)
     groups = prompt_groups(positive, negative, prompts)
     _check_file_options(scorer_file, model, pretrained, groups)
@@ -224,11 +229,37 @@ def evaluate(
         written.append(write_predictions(result, predictions))
     if plots is not None and result.n_scored >= 2:
         written += plot_evaluation(result, plots, title=Path(scorer_file or "zeroshot").stem)
+    if html is not None:
+        written.append(
+            write_html(evaluation_html(result, f"{dataset} {split}: {scorer_file or 'zeroshot'}"), html)
+        )
     console.print(f"wrote {', '.join(map(str, written))}", highlight=False)
     if result.n_scored < 2:
         raise fail(
             f"only {result.n_scored} of {len(result.records)} images could be scored", EXIT_NOTHING_DONE
         )
+
+
+def evaluation_html(result: EvaluationResult, title: str) -> str:
+    """The HTML report of an evaluation: photos by predicted score with their true mean."""
+    rows = [
+        {
+            "id": result.records[i].id,
+            "path": str(result.records[i].path),
+            "pred_score": float(result.pred[i]),
+            "true_mean": float(result.records[i].mean),
+        }
+        for i in result.scored
+    ]
+    return render_evaluation_report(
+        rows,
+        result.failed,
+        result.metrics,
+        result.scorer_config,
+        title=title,
+        seconds=result.seconds,
+        threshold=result.thresholds.get("pred"),
+    )
 
 
 def _check_file_options(
