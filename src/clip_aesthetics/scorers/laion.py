@@ -111,8 +111,9 @@ class LaionScorer(Scorer):
     def score_features(self, features: torch.Tensor) -> ScoreOutput:
         """Scores from (unnormalised) CLIP image embeddings, e.g. from a feature cache."""
         weight = self.mlp[0].weight
-        normalised = F.normalize(features.to(weight.device, torch.float32), dim=-1)
-        raw = self.mlp(normalised).squeeze(-1)
+        with torch.autocast(weight.device.type, enabled=False):  # the MLP is cheap: keep it in float32
+            normalised = F.normalize(features.to(weight.device, torch.float32), dim=-1)
+            raw = self.mlp(normalised).squeeze(-1)
         return self._calibrated(ScoreOutput(score=raw, raw=raw))
 
     def forward(self, pixels: torch.Tensor) -> ScoreOutput:

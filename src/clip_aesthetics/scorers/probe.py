@@ -53,8 +53,10 @@ class ProbeHead(nn.Module):
         return int(self.weight.shape[1])
 
     def forward(self, features: torch.Tensor) -> ScoreOutput:
-        standardised = (features.float() - self.scaler_mean) / self.scaler_std
-        out = standardised @ self.weight.T + self.bias
+        # float32 even under bf16 autocast: the head is cheap, and bf16 would round scores to ~0.01
+        with torch.autocast(features.device.type, enabled=False):
+            standardised = (features.float() - self.scaler_mean) / self.scaler_std
+            out = standardised @ self.weight.T + self.bias
         if self.target == "mean":
             return ScoreOutput(score=out[:, 0], raw=out[:, 0])
         clipped = out.clamp(min=0)
