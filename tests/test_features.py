@@ -161,11 +161,17 @@ def test_refuses_foreign_folder_and_bad_shard_size(tmp_path: Path, spec: Dataset
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(ValueError, match="holds no feature cache"):
         embed_dataset(spec, backbone, tmp_path, **EMBED)
+    killed_at_start = tmp_path / "killed"  # only the temporary of the first manifest write is there
+    killed_at_start.mkdir()
+    (killed_at_start / ".manifest.json.tmp999").write_text("{")
+    embed_dataset(spec, backbone, killed_at_start, **EMBED)
+    assert sorted(os.listdir(killed_at_start))[0] == "manifest.json"
     with pytest.raises(ValueError, match="multiple of --batch-size"):
         embed_dataset(spec, backbone, tmp_path / "c", **{**EMBED, "shard_size": 12})
     with pytest.raises(FileNotFoundError, match="no feature cache"):
         load_features(tmp_path / "missing")
-    assert (tmp_path / "notes.txt").read_text() == "mine" and os.listdir(tmp_path) == ["notes.txt"]
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    assert sorted(os.listdir(tmp_path)) == ["killed", "notes.txt"]
 
 
 def test_timm_backbone_uses_its_own_preprocessing(tmp_path: Path, spec: DatasetSpec):

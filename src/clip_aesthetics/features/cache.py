@@ -109,7 +109,9 @@ def _write_json(path: Path, data: dict) -> None:
 
 
 def _cache_files(out: Path) -> list[Path]:
-    return [p for p in out.iterdir() if p.name == MANIFEST or p.name.startswith(("shard-", ".shard-"))]
+    """Files a cache owns, including temporaries a killed run may have left."""
+    prefixes = ("shard-", ".shard-", f".{MANIFEST}.")
+    return [p for p in out.iterdir() if p.name == MANIFEST or p.name.startswith(prefixes)]
 
 
 def open_for_writing(out: Path, plan: dict, overwrite: bool) -> dict:
