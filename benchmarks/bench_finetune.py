@@ -148,7 +148,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=None, help="decoding processes (default: cores - 1)")
     parser.add_argument("--gpu-only", action="store_true", help="skip the CPU section")
-    parser.add_argument("--gpu-images", type=int, default=4096, help="synthetic JPEGs for the GPU section")
+    parser.add_argument("--gpu-images", type=int, default=2048, help="synthetic JPEGs for the GPU section")
     args = parser.parse_args()
     import os
 

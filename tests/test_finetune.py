@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from clip_aesthetics import metrics
 from clip_aesthetics.backbones import load_backbone
 from clip_aesthetics.cli import app
-from clip_aesthetics.datasets import make_synthetic_ava
+from clip_aesthetics.datasets import load_dataset, make_synthetic_ava
 from clip_aesthetics.finetune import (
     FinetuneModel,
     TrainConfig,
@@ -320,6 +320,21 @@ def test_timm_backbone_trains_and_its_scorer_reloads(ava200: Path, tmp_path: Pat
     with torch.no_grad():
         expected, _ = result.model.eval().predict(result.model.normalize(images))
     torch.testing.assert_close(scorer.score_images(images).distribution, expected)
+
+
+def test_mean_only_labels_train_with_mse(ava200: Path, tiny_clip_spec: str, tmp_path: Path) -> None:
+    records = load_dataset("ava", ava200).records
+    labels = tmp_path / "labels.csv"
+    labels.write_text("path,score\n" + "".join(f"{r.path},{r.mean:.4f}\n" for r in records))
+    config = small_config(labels, tiny_clip_spec, dataset_kind="csv", max_epochs=2)
+    with pytest.raises(ValueError, match="use --loss mse"):
+        finetune(config, tmp_path / "emd")
+    result = finetune(
+        small_config(labels, tiny_clip_spec, dataset_kind="csv", max_epochs=2, loss="mse"), tmp_path / "mse"
+    )
+    assert [row["epoch"] for row in result.history] == [1, 2] and "val_emd" not in result.history[0]
+    assert json.loads((tmp_path / "mse" / "config.json").read_text())["early_stopping_metric"] == "val_mse"
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
 
 
 def test_resume_rules(ava200: Path, tiny_clip_spec: str, tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
@@ -102,7 +103,5 @@ def finetune(
 
 
 def _print(line: str) -> None:
-    import torch.distributed as tdist
-
-    if not tdist.is_initialized() or tdist.get_rank() == 0:
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one process speaks for all
         console.print(line, highlight=False)

@@ -95,7 +95,7 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, config)
         self.scheduler = build_scheduler(self.optimizer, config, self.steps_per_epoch)
         self.loss_fn = get_loss(config.loss)
-        self.metric = "emd" if self.splits["val"].has_votes else "mse"
+        self.metric = config.loss  # early stopping watches the validation value of the training loss
         self.stopper = EarlyStopping(config.patience)
         self.history: list[dict] = []
         self.best_state: dict[str, torch.Tensor] | None = None
