@@ -91,6 +91,10 @@ def finetune(
     )  # fmt: skip
     config, run_dir, resuming = _build_config(dataset, resume, out, options)
     result = run_finetune(config, run_dir, resume=resuming, stop_after=stop_after, log=_print)
+    _report(result, run_dir)
+
+
+def _report(result, run_dir: Path) -> None:
     if not result.epochs_run:
         _print(f"no epoch to run: {run_dir} has finished {result.epochs} epochs")
     status = "stopped early" if result.stopped_early else "finished" if result.finished else "paused"

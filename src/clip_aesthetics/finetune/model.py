@@ -121,6 +121,8 @@ def freeze(model: FinetuneModel, *, backbone: bool = False, blocks: int = 0) -> 
 
     The stem is every tower parameter that lies neither in a block nor after the last block (patch/conv
     embedding, class token, position embedding, pre-norm). Returns the number of frozen parameters.
+    BatchNorm layers in frozen ResNet stages still update their running statistics in training mode
+    unless the whole tower is frozen (the trainer then keeps the tower in eval mode).
     """
     if backbone:
         params = model.tower_parameters()
