@@ -121,3 +121,16 @@ def test_batch_too_large_for_memory_is_split(tiny_clip_spec: str, photo_dir: Pat
     split = scorer.score_images(batch.images)
     assert torch.allclose(split.score, expected.score, atol=1e-6) and torch.allclose(split.raw, expected.raw)
     assert max(c for c in calls if c <= 2) == 2 and calls[0] == 8
+
+
+def test_saved_scorer_files_follow_the_umask(tiny_clip_spec: str, tmp_path: Path) -> None:
+    import os
+
+    scorer = ZeroShotScorer(load_backbone(tiny_clip_spec, device="cpu"), GROUPS)
+    old = os.umask(0o022)
+    try:
+        for name in ("s.json", "s.safetensors"):
+            save_scorer(scorer, tmp_path / name)
+            assert (tmp_path / name).stat().st_mode & 0o777 == 0o644
+    finally:
+        os.umask(old)

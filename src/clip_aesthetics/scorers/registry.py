@@ -43,8 +43,15 @@ def save_scorer(scorer, path: str | os.PathLike, tensors: dict[str, torch.Tensor
         save_file(contiguous or {"_empty": torch.zeros(1)}, tmp, metadata={METADATA_KEY: json.dumps(config)})
     else:
         raise ValueError(f"scorer files end in .json or .safetensors, not {path.suffix!r}")
+    os.chmod(tmp, 0o666 & ~_umask())  # safetensors writes 0600; a shared scorer should follow the umask
     os.replace(tmp, path)
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def read_scorer_file(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
