@@ -33,7 +33,8 @@ from clip_aesthetics.scorers.base import autocast
 def tower_rate(backbone, batches: list[torch.Tensor], precision: str) -> float:
     """Images/s of normalise + encode_image alone on pre-decoded uint8 batches."""
     with autocast(backbone.device, precision):
-        backbone.encode_image(backbone.normalize(batches[0][:8]))  # warm-up (kernel selection)
+        for images in {len(b): b for b in batches}.values():  # warm-up: kernels are chosen per shape
+            backbone.encode_image(backbone.normalize(images))
         start = time.perf_counter()
         for images in batches:
             backbone.encode_image(backbone.normalize(images))
