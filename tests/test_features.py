@@ -168,10 +168,12 @@ def test_refuses_foreign_folder_and_bad_shard_size(tmp_path: Path, spec: Dataset
     assert sorted(os.listdir(killed_at_start))[0] == "manifest.json"
     with pytest.raises(ValueError, match="multiple of --batch-size"):
         embed_dataset(spec, backbone, tmp_path / "c", **{**EMBED, "shard_size": 12})
+    report = embed_dataset(spec, backbone, tmp_path / "c", **{**EMBED, "shard_size": None, "batch_size": 7})
+    assert read_manifest(tmp_path / "c")["shard_size"] == 4095 and report.n_shards == 1
     with pytest.raises(FileNotFoundError, match="no feature cache"):
         load_features(tmp_path / "missing")
     assert (tmp_path / "notes.txt").read_text() == "mine"
-    assert sorted(os.listdir(tmp_path)) == ["killed", "notes.txt"]
+    assert sorted(os.listdir(tmp_path)) == ["c", "killed", "notes.txt"]
 
 
 def test_timm_backbone_uses_its_own_preprocessing(tmp_path: Path, spec: DatasetSpec):

@@ -50,7 +50,9 @@ def embed(
     model: str = typer.Option("ViT-B-32", "--model", "-m", help="ViT-B-32, timm:NAME, local-dir:PATH, ..."),
     pretrained: str = typer.Option(None, help="Weights: a tag (default openai), a file, or 'none'."),
     batch_size: int = typer.Option(64, min=1, help="Images per model call."),
-    shard_size: int = typer.Option(4096, min=1, help="Records per shard file (a multiple of --batch-size)."),
+    shard_size: int = typer.Option(
+        None, min=1, help="Records per shard file, a multiple of --batch-size (default: about 4096)."
+    ),
     workers: int = typer.Option(None, min=0, help="Decoding processes (default: depends on the device)."),
     device: str = typer.Option("auto", help="auto (CUDA if present), cpu, cuda, cuda:1, ..."),
     precision: str = typer.Option("auto", help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16, fp16."),

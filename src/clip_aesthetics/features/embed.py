@@ -149,7 +149,7 @@ def embed_records(
     *,
     source: dict,
     batch_size: int = 64,
-    shard_size: int = DEFAULT_SHARD_SIZE,
+    shard_size: int | None = None,
     workers: int | None = None,
     precision: str = "auto",
     decode: str = "auto",
@@ -166,7 +166,7 @@ def embed_records(
         out: the cache folder.
         source: the dataset and split description stored in the manifest (from :func:`dataset_records`).
         batch_size: images per model call; must divide ``shard_size``.
-        shard_size: records per shard file.
+        shard_size: records per shard file (default: the multiple of ``batch_size`` nearest 4096).
         workers: decoding processes (see :func:`~clip_aesthetics.images.iter_batches`).
         precision: ``auto`` (bf16 on CUDA, fp32 on CPU), ``fp32``, ``bf16`` or ``fp16``.
         decode: JPEG decoding, ``auto`` (nvJPEG on CUDA), ``cpu`` or ``gpu``.
@@ -178,6 +178,8 @@ def embed_records(
         ValueError: a cache of another setup is in ``out`` (without ``overwrite``), or the shard size is not
             a multiple of the batch size.
     """
+    if shard_size is None:
+        shard_size = batch_size * max(1, round(DEFAULT_SHARD_SIZE / max(batch_size, 1)))
     if batch_size < 1 or shard_size < 1 or shard_size % batch_size:
         raise ValueError(
             f"--shard-size ({shard_size}) must be a multiple of --batch-size ({batch_size}), so a resumed "
