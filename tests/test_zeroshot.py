@@ -134,3 +134,9 @@ def test_saved_scorer_files_follow_the_umask(tiny_clip_spec: str, tmp_path: Path
             assert (tmp_path / name).stat().st_mode & 0o777 == 0o644
     finally:
         os.umask(old)
+
+
+def test_checkpoint_given_as_scorer_gets_a_hint(tmp_path: Path) -> None:
+    (tmp_path / "head.pth").write_bytes(b"not a scorer")
+    with pytest.raises(ValueError, match="laion:PATH"):
+        load_scorer(tmp_path / "head.pth")

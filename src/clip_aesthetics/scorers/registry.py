@@ -61,6 +61,9 @@ def read_scorer_file(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Ten
         raise FileNotFoundError(f"scorer file not found: {path}")
     if path.suffix == ".json":
         return json.loads(path.read_text(encoding="utf-8")), {}
+    if path.suffix != ".safetensors":
+        hint = " (a LAION aesthetic head? pass --scorer laion:PATH)" if path.suffix in (".pth", ".pt") else ""
+        raise ValueError(f"{path} is not a scorer file: they end in .json or .safetensors{hint}")
     with safe_open(str(path), framework="pt") as handle:
         metadata = handle.metadata() or {}
         if METADATA_KEY not in metadata:
