@@ -100,7 +100,8 @@ def main() -> None:
     )
     print(
         f"agreement on {naive_n} images: SRCC {spearmanr(naive, ours_subset)[0]:.4f}, "
-        f"max |score diff| {np.abs(naive - ours_subset).max():.4f}"
+        f"mean |score diff| {np.abs(naive - ours_subset).mean():.4f}, "
+        f"max |score diff| {np.abs(naive - ours_subset).max():.4f} (scores on 1-10)"
     )
 
 
