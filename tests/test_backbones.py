@@ -145,3 +145,18 @@ def test_timm_weights_file_and_hub_cache() -> None:
 def test_timm_missing_weights_fail_fast() -> None:
     with pytest.raises(WeightsNotFoundError, match=r"resnet50\.a1_in1k"):
         load_backbone("timm:resnet50.a1_in1k")
+
+
+def test_cpu_bf16_uses_a_bf16_copy_of_the_tower(tiny_clip_spec: str) -> None:
+    backbone = load_backbone(tiny_clip_spec, device="cpu")
+    pixels = torch.randn(4, 3, 32, 32)
+    with torch.inference_mode():
+        reference = backbone.encode_image(pixels)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            fast = backbone.encode_image(pixels)
+    assert fast.dtype == torch.bfloat16
+    cosine = torch.nn.functional.cosine_similarity(fast.float(), reference, dim=-1)
+    assert cosine.min() > 0.99
+    # the model's own weights stay float32 and the copy is neither saved nor registered
+    assert all(p.dtype == torch.float32 for p in backbone.model.parameters())
+    assert not any("bf16" in key for key in backbone.state_dict())

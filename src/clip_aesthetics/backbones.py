@@ -10,6 +10,7 @@ Images reach a backbone as uint8 batches (N, 3, H, W) already resized and croppe
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 from dataclasses import asdict, dataclass
@@ -113,9 +114,21 @@ class Backbone(nn.Module):
 
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
         """Image features: CLIP's projected embedding, or a timm model's pre-logits features."""
-        if self.kind == "clip":
-            return self.model.encode_image(pixels)
-        return self.model(pixels)
+        if self.device.type == "cpu" and _cpu_bf16_autocast():
+            # CPU autocast re-casts every weight on every call; a bf16 copy of the tower is ~2x faster
+            with torch.autocast("cpu", enabled=False):
+                return self._bf16_image_tower()(pixels.to(torch.bfloat16))
+        return self._image_tower()(pixels)
+
+    def _image_tower(self) -> nn.Module:
+        return self.model.visual if self.kind == "clip" else self.model
+
+    def _bf16_image_tower(self) -> nn.Module:
+        tower = self.__dict__.get("_bf16_tower")  # kept out of the module tree: not saved, not moved
+        if tower is None:
+            tower = copy.deepcopy(self._image_tower()).to(torch.bfloat16).eval()
+            self.__dict__["_bf16_tower"] = tower
+        return tower
 
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
         """CLIP text embeddings of tokenized texts."""
@@ -132,6 +145,10 @@ class Backbone(nn.Module):
         if self.kind == "clip":
             return int(self.model.visual.output_dim)
         return int(self.model.num_features)
+
+
+def _cpu_bf16_autocast() -> bool:
+    return torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
 
 
 def _file_identity(path: str | os.PathLike) -> str:
