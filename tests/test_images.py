@@ -159,3 +159,12 @@ def test_batches_keep_order_and_report_errors(
     )
     first = prepare(open_image(sources[0]), CFG)
     assert torch.equal(batches[0].images[0], first)
+
+
+def test_progress_bar_does_not_change_batches(photo_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    sources = find_images([photo_dir])
+    quiet = list(iter_batches(sources, CFG, batch_size=3, workers=0, progress=False))
+    shown = list(iter_batches(sources, CFG, batch_size=3, workers=0, progress=True))
+    assert [b.indices for b in shown] == [b.indices for b in quiet]
+    assert all(torch.equal(a.images, b.images) for a, b in zip(shown, quiet, strict=True))
+    assert capsys.readouterr().out == ""  # the bar never goes to stdout, where results may be piped

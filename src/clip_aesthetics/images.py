@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import os
-import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .backbones import PreprocessConfig
 from .device_decode import decode_on_device, device_decodable, jpeg_header
+from .progress import progress_bar
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
 DEFAULT_MAX_PIXELS = 100_000_000  # 100 MP: above any camera, well below a decompression bomb
@@ -306,21 +306,7 @@ def iter_batches(
         prefetch_factor=4 if workers else None,
     )
     batches = (_finish_on_device(b, sources, cfg, device) for b in loader) if on_device else iter(loader)
-    show = sys.stderr.isatty() if progress is None else progress
-    if not show:
-        yield from batches
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
-    columns = (
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task(description, total=len(sources))
+    with progress_bar(len(sources), description, progress) as advance:
         for batch in batches:
             yield batch
-            bar.advance(task, len(batch.indices) + len(batch.errors))
+            advance(len(batch.indices) + len(batch.errors))

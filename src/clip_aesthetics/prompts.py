@@ -17,6 +17,8 @@ import torch
 from open_clip import IMAGENET_CLASSNAMES
 from safetensors.torch import load_file, save_file
 
+from .progress import progress_bar
+
 FIXED_TEMPLATE = "a {adjective} picture"
 CONTEXT_TEMPLATE = "a {adjective} picture of a {content}"
 IMAGENET_CLASSES: tuple[str, ...] = tuple(IMAGENET_CLASSNAMES)
@@ -169,10 +171,12 @@ def encode_texts(
     if use_cache and path.is_file():
         return load_file(path)["embeddings"]
     chunks = []
-    for start in range(0, len(texts), batch_size):
-        tokens = backbone.tokenize(list(texts[start : start + batch_size]))
-        features = backbone.encode_text(tokens).float()
-        chunks.append(torch.nn.functional.normalize(features, dim=-1).cpu())
+    with progress_bar(len(texts), "encoding prompts (cached after)") as advance:
+        for start in range(0, len(texts), batch_size):
+            tokens = backbone.tokenize(list(texts[start : start + batch_size]))
+            features = backbone.encode_text(tokens).float()
+            chunks.append(torch.nn.functional.normalize(features, dim=-1).cpu())
+            advance(len(tokens))
     embeddings = torch.cat(chunks)
     if use_cache:
         path.parent.mkdir(parents=True, exist_ok=True)
