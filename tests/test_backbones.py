@@ -160,3 +160,26 @@ def test_cpu_bf16_uses_a_bf16_copy_of_the_tower(tiny_clip_spec: str) -> None:
     # the model's own weights stay float32 and the copy is neither saved nor registered
     assert all(p.dtype == torch.float32 for p in backbone.model.parameters())
     assert not any("bf16" in key for key in backbone.state_dict())
+
+
+def test_finetuned_scorer_loads_without_base_weights(
+    real_vit_b32_openai_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from clip_aesthetics.finetune import FinetuneModel
+    from clip_aesthetics.scorers import load_scorer, save_scorer
+    from clip_aesthetics.scorers.finetuned import FinetunedScorer
+
+    backbone = load_backbone("ViT-B-32", "openai", device="cpu")
+    torch.manual_seed(1)
+    scorer = FinetunedScorer(backbone, FinetuneModel.from_backbone(backbone)).eval()
+    save_scorer(scorer, tmp_path / "best.safetensors", tensors=scorer.tensors())
+
+    def no_weights(*args, **kwargs):
+        raise AssertionError("the base weights were looked up")
+
+    monkeypatch.setattr("clip_aesthetics.backbones.hub_file", no_weights)
+    loaded = load_scorer(tmp_path / "best.safetensors", device="cpu")
+    assert _uses_quick_gelu(loaded.model)  # rebuilt with the activation the tower was trained with
+    images = torch.randint(0, 256, (2, 3, 224, 224), dtype=torch.uint8)
+    expected, got = scorer.score_images(images), loaded.score_images(images)
+    assert torch.allclose(expected.distribution, got.distribution, atol=1e-5)

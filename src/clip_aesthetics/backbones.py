@@ -93,6 +93,11 @@ class Backbone(nn.Module):
         return self.kind == "clip"
 
     @property
+    def uses_quick_gelu(self) -> bool:
+        """Whether the model uses OpenAI's QuickGELU activation (needed to rebuild it for its weights)."""
+        return any(isinstance(m, open_clip.transformer.QuickGELU) for m in self.model.modules())
+
+    @property
     def device(self) -> torch.device:
         return self._mean.device
 
@@ -105,6 +110,7 @@ class Backbone(nn.Module):
             "feature_dim": self.feature_dim,
             "preprocess": self.preprocess_cfg.to_dict(),
             "weights_id": self.weights_id,
+            "quick_gelu": self.uses_quick_gelu,
         }
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
@@ -221,6 +227,7 @@ def _load_open_clip(spec: str, pretrained: str | None, quick_gelu: bool | None) 
             )
         pretrained = DEFAULT_PRETRAINED if pretrained is None else pretrained
         if pretrained in RANDOM_WEIGHTS:
+            kwargs["force_quick_gelu"] = bool(quick_gelu)
             weights_id = f"{name}:random"
         elif os.path.isfile(pretrained):
             kwargs["pretrained"] = pretrained

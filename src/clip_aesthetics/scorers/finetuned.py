@@ -1,8 +1,9 @@
 """Fine-tuned scorer: the backbone's image tower trained end to end with a 10-bin head (paper's third step).
 
 The file (``best.safetensors`` of a fine-tuning run) holds the tower and head weights and names the
-backbone; :func:`~clip_aesthetics.scorers.load_scorer` rebuilds the backbone from that name (its original
-weights must be loadable), copies its image tower, then loads the fine-tuned weights over it. The score is
+backbone; :func:`~clip_aesthetics.scorers.load_scorer` rebuilds the backbone from that name (on random
+weights when the architecture, activation and preprocessing can be rebuilt without the original ones),
+copies its image tower, then loads the fine-tuned weights over it. The score is
 the predicted distribution's mean ``sum_i i * p_i`` on 1-10; the distribution is reported too.
 """
 
@@ -22,6 +23,7 @@ class FinetunedScorer(Scorer):
 
     method = "finetune"
     has_distribution = True
+    holds_tower_weights = True  # the file has the whole tower: loading needs no base weights
 
     def __init__(
         self,

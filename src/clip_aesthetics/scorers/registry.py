@@ -78,7 +78,21 @@ def load_scorer(path: str | os.PathLike, *, device: str | None = None, backbone:
     method = config.get("method")
     if method not in SCORERS:
         raise ValueError(f"{path}: unknown scorer method {method!r} (known: {', '.join(sorted(SCORERS))})")
+    cls = SCORERS[method]
     if backbone is None:
-        spec = config["backbone"]
-        backbone = load_backbone(spec["model"], spec.get("pretrained"), device=device)
-    return SCORERS[method].from_saved(config, tensors, backbone).eval()
+        backbone = _backbone_for(cls, config["backbone"], device)
+    return cls.from_saved(config, tensors, backbone).eval()
+
+
+def _backbone_for(cls: type, spec: dict, device: str | None) -> Backbone:
+    """The backbone a scorer file names.
+
+    A scorer whose file holds its whole image tower (fine-tuned) is rebuilt on random weights of the same
+    architecture, activation and preprocessing, so it can be shared without the base model's weights.
+    """
+    own_tower = getattr(cls, "holds_tower_weights", False) and "quick_gelu" in spec
+    if own_tower and not spec["model"].split("timm:")[-1].startswith(("hf-hub:", "local-dir:")):
+        candidate = load_backbone(spec["model"], "none", device=device, quick_gelu=spec["quick_gelu"] or None)
+        if json.dumps(candidate.preprocess_cfg.to_dict()) == json.dumps(spec["preprocess"]):
+            return candidate
+    return load_backbone(spec["model"], spec.get("pretrained"), device=device)
