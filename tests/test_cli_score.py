@@ -136,3 +136,20 @@ def test_console_command_in_subprocess(mixed_dir: Path, tmp_path: Path, tiny_cli
     assert result.returncode == 0, result.stderr
     assert len(list(csv.DictReader(out.open()))) == 8
     assert result.stderr.count("skipped") == 3
+
+
+def test_output_path_that_is_a_folder(photo_dir: Path, tiny_clip_spec: str, tmp_path: Path) -> None:
+    (tmp_path / "out.html").mkdir()
+    result = run(
+        "score",
+        str(photo_dir),
+        "--model",
+        tiny_clip_spec,
+        *PROMPT_ARGS,
+        "--html",
+        str(tmp_path / "out.html"),
+        "--workers",
+        "0",
+    )
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "out.html" in result.output

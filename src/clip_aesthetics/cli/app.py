@@ -23,9 +23,7 @@ err_console = Console(stderr=True)
 
 # Errors a user can act on: shown as one line, never as a traceback.
 USER_ERRORS = (
-    FileNotFoundError,
-    NotADirectoryError,
-    PermissionError,
+    OSError,  # missing files, a folder where a file was expected, no permission, a full disk
     WeightsNotFoundError,
     ValueError,
     TypeError,
