@@ -15,33 +15,23 @@ from clip_aesthetics.cli import app
 from clip_aesthetics.datasets import make_synthetic_ava
 
 
+def reproduce_args(root: Path, clip_spec: str, *extra: str) -> list[str]:
+    """The study on the synthetic set in ``root`` with the tiny CLIP and timm's test ViT, one epoch."""
+    return [
+        "reproduce", "--ava", str(root / "AVA_dataset"), "--out", str(root / "out"), "--model", clip_spec,
+        "--imagenet-model", "timm:test_vit", "--imagenet-pretrained", str(root / "test_vit.safetensors"),
+        "--max-epochs", "1", "--batch-size", "16", "--workers", "0", *extra,
+    ]  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def study(tmp_path_factory: pytest.TempPathFactory, tiny_clip_spec: str) -> Path:
     root = tmp_path_factory.mktemp("repro")
-    ava = make_synthetic_ava(root / "AVA_dataset", n=70, seed=2, size=48)
+    make_synthetic_ava(root / "AVA_dataset", n=70, seed=2, size=48)
     torch.manual_seed(0)
     # a real timm architecture (timm's own test model) with fixed random weights saved as a file
     save_file(timm.create_model("test_vit", pretrained=False).state_dict(), root / "test_vit.safetensors")
-    args = [
-        "reproduce",
-        "--ava",
-        str(ava),
-        "--out",
-        str(root / "out"),
-        "--model",
-        tiny_clip_spec,
-        "--imagenet-model",
-        "timm:test_vit",
-        "--imagenet-pretrained",
-        str(root / "test_vit.safetensors"),
-        "--max-epochs",
-        "1",
-        "--batch-size",
-        "16",
-        "--workers",
-        "0",
-    ]
-    result = CliRunner().invoke(app, args)
+    result = CliRunner().invoke(app, reproduce_args(root, tiny_clip_spec))
     assert result.exit_code == 0, result.output
     return root
 
@@ -91,27 +81,7 @@ def test_numbers_equal_the_individual_evaluate_command(study: Path, index: int) 
 
 def test_rerun_reuses_work(study: Path, tiny_clip_spec: str) -> None:
     before = (study / "out" / "probe-timm_test_vit.safetensors").stat().st_mtime_ns
-    args = [
-        "reproduce",
-        "--ava",
-        str(study / "AVA_dataset"),
-        "--out",
-        str(study / "out"),
-        "--model",
-        tiny_clip_spec,
-        "--imagenet-model",
-        "timm:test_vit",
-        "--imagenet-pretrained",
-        str(study / "test_vit.safetensors"),
-        "--steps",
-        "probe,finetune",
-        "--max-epochs",
-        "1",
-        "--batch-size",
-        "16",
-        "--workers",
-        "0",
-    ]
+    args = reproduce_args(study, tiny_clip_spec, "--steps", "probe,finetune")
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "reusing the finished run" in result.output

@@ -186,7 +186,9 @@ class Study:
         spec = DatasetSpec("ava", c.ava, split=c.split, seed=c.seed)
         backbone = load_backbone(model, pretrained, device=c.device)
         self.log(f"embedding with {model} into {cache}")
-        embed_dataset(spec, backbone, cache, batch_size=64, workers=c.workers, precision=c.precision)
+        embed_dataset(
+            spec, backbone, cache, batch_size=c.batch_size, workers=c.workers, precision=c.precision
+        )
         return cache
 
     def _probe(self) -> None:
