@@ -183,3 +183,17 @@ def test_finetuned_scorer_loads_without_base_weights(
     images = torch.randint(0, 256, (2, 3, 224, 224), dtype=torch.uint8)
     expected, got = scorer.score_images(images), loaded.score_images(images)
     assert torch.allclose(expected.distribution, got.distribution, atol=1e-5)
+
+
+def test_models_command_marks_cached_weights(real_vit_b32_openai_cache: Path) -> None:
+    from typer.testing import CliRunner
+
+    from clip_aesthetics.cli import app
+
+    result = CliRunner().invoke(app, ["models"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    rows = {
+        tuple(c.strip() for c in line.split("│")[1:4]) for line in result.output.splitlines() if "│" in line
+    }
+    assert ("ViT-B-32", "openai", "yes") in rows
+    assert ("ViT-L-14", "openai", "no") in rows
