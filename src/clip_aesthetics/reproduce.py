@@ -114,6 +114,13 @@ class ReproduceConfig:
         if self.split not in ("official", "random"):
             raise ValueError(f"--split must be official or random, not {self.split!r}")
 
+    def compared_backbones(self) -> tuple[tuple[str, str, str | None], ...]:
+        """(kind, model, pretrained) of the CLIP model and of its ImageNet baseline."""
+        return (
+            ("CLIP", self.model, self.pretrained),
+            ("ImageNet", self.imagenet_model, self.imagenet_pretrained),
+        )
+
 
 @dataclass
 class StepResult:
@@ -193,10 +200,7 @@ class Study:
 
     def _probe(self) -> None:
         c = self.config
-        for kind, model, pretrained in (
-            ("CLIP", c.model, c.pretrained),
-            ("ImageNet", c.imagenet_model, c.imagenet_pretrained),
-        ):
+        for kind, model, pretrained in c.compared_backbones():
             path = self.out / f"probe-{_slug(model)}.safetensors"
             if not path.is_file():
                 fit_probe(self._features(model, pretrained), solver="ols").save(path)
@@ -206,10 +210,7 @@ class Study:
         from .finetune import TrainConfig
 
         c = self.config
-        for kind, model, pretrained in (
-            ("CLIP", c.model, c.pretrained),
-            ("ImageNet", c.imagenet_model, c.imagenet_pretrained),
-        ):
+        for kind, model, pretrained in c.compared_backbones():
             run_dir = self.out / f"finetune-{_slug(model)}"
             train = TrainConfig(
                 dataset=c.ava,
@@ -269,10 +270,9 @@ def markdown_report(document: dict) -> str:
         "|---|---|---:|---:|---:|---:|---:|---|",
     ]
     for row in document["results"]:
-        lines.append(
-            f"| {row['step']} | {row['name']} | {row['n']} | {_fmt(row['srcc'])} | {_fmt(row['plcc'])} | "
-            f"{_fmt(row['accuracy'])} | {_fmt(row['emd'])} | `{os.path.relpath(row['scorer_file'], out)}` |"
-        )
+        metrics = [format_metric(row[k]) for k in ("srcc", "plcc", "accuracy", "emd")]
+        scorer_file = f"`{os.path.relpath(row['scorer_file'], out)}`"
+        lines.append(_table_row([row["step"], row["name"], str(row["n"]), *metrics, scorer_file]))
     lines += [
         "",
         "## Published figures",
@@ -281,10 +281,8 @@ def markdown_report(document: dict) -> str:
         "|---|---:|---:|---:|---|",
     ]
     for row in document["published"]:
-        lines.append(
-            f"| {row['system']} | {_fmt(row['srcc'])} | {_fmt(row['plcc'])} | {_fmt(row['accuracy'])} "
-            f"| {row['source']} |"
-        )
+        metrics = [format_metric(row[k]) for k in ("srcc", "plcc", "accuracy")]
+        lines.append(_table_row([row["system"], *metrics, row["source"]]))
     lines += [
         "",
         "Accuracy: a true mean above 5 is good; zero-shot scorers call an image good when it is closer to "
@@ -294,7 +292,12 @@ def markdown_report(document: dict) -> str:
     return "\n".join(lines)
 
 
-def _fmt(value) -> str:
+def _table_row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def format_metric(value) -> str:
+    """A metric with three decimals, or '-' when missing."""
     return "-" if value is None or value != value else f"{value:.3f}"
 
 

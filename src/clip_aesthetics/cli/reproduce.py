@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from ..reproduce import DEFAULT_IMAGENET_MODEL, STEPS, ReproduceConfig, Study, write_report
+from ..reproduce import DEFAULT_IMAGENET_MODEL, STEPS, ReproduceConfig, Study, format_metric, write_report
 from .app import app, console, user_errors
 
 
@@ -57,11 +57,7 @@ def reproduce(
     for column in ("scorer", "n", "SRCC", "PLCC", "accuracy"):
         table.add_column(column)
     for row in document["results"]:
-        cells = [row["name"], str(row["n"])] + [_fmt(row[k]) for k in ("srcc", "plcc", "accuracy")]
+        cells = [row["name"], str(row["n"])] + [format_metric(row[k]) for k in ("srcc", "plcc", "accuracy")]
         table.add_row(*cells)
     console.print(table)
     console.print(f"wrote {out / 'report.md'}, {out / 'report.json'} and {out / 'plots'}", highlight=False)
-
-
-def _fmt(value) -> str:
-    return "-" if value is None or value != value else f"{value:.3f}"
