@@ -57,6 +57,15 @@ def hub_snapshot(repo_id: str) -> Path:
     return repo_dir / "snapshots" / ("0" * 40)
 
 
+def console_text(result) -> str:
+    """A CLI run's output with rich's line wrapping undone: words joined by single spaces.
+
+    rich wraps console lines to the terminal width (``COLUMNS``), so a phrase can be split across lines;
+    assert on files and data first, and on a message only through this.
+    """
+    return " ".join(result.output.split())
+
+
 @pytest.fixture(scope="session")
 def session_dir() -> Path:
     return _SESSION_DIR

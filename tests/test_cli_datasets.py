@@ -14,6 +14,7 @@ from clip_aesthetics.cli import app
 from clip_aesthetics.datasets import load_broken_manifest, make_synthetic_ava, parse_ava, split_records
 from clip_aesthetics.prompts import PromptGroups
 from clip_aesthetics.scorers import ZeroShotScorer
+from conftest import console_text
 
 PROMPTS = ["--positive", "a stunning photo", "--negative", "a dull photo"]
 
@@ -43,7 +44,8 @@ def test_synth_ava_writes_and_refuses_a_non_empty_folder(tmp_path: Path) -> None
     out = tmp_path / "ava"
     result = run("synth-ava", out, "--n", 30, "--seed", 4, "--size", 48, "--n-corrupt", 1)
     assert result.exit_code == 0, result.output
-    assert "30 images" in result.output and "3 test ids" in result.output
+    test_list = out / "aesthetics_image_lists" / "generic_test.jpgl"
+    assert len(test_list.read_text().split()) == 3
     assert len((out / "AVA.txt").read_text().splitlines()) == 30
     assert len(list((out / "images").glob("*.jpg"))) == 28  # 2 test images missing by default
     assert _one_line_error(run("synth-ava", out, "--n", 30)).endswith("pass exist_ok=True to write into it")
@@ -58,7 +60,7 @@ def test_verify_finds_missing_and_corrupt_images(broken_ava: Path) -> None:
     for image_id, reason in manifest.items():
         expected = "missing file" if status[image_id] == "missing" else "truncated"
         assert expected in reason.lower(), reason
-    assert "checked 60 images: 56 ok, 2 missing, 2 unreadable" in result.output
+    assert "checked 60 images: 56 ok, 2 missing, 2 unreadable" in console_text(result)
 
     # a second run re-checks everything rather than trusting the manifest it finds, and writes the same list
     again = run("datasets", "verify", broken_ava, "--workers", 0)
@@ -73,7 +75,6 @@ def test_evaluate_after_verify_drops_the_broken_images(broken_ava: Path, tiny_cl
         "--workers", 0, "--output", out, "--predictions", broken_ava.parent / "preds.csv",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert "4 records dropped" in result.output
     doc = json.loads(out.read_text())
     broken = {i for i, s in _status(broken_ava).items() if s != "ok"}
     assert doc["n_failed"] == 0 and doc["dataset"]["n_dropped"] == 4
@@ -143,7 +144,7 @@ def test_nothing_readable_exits_1(tmp_path: Path, tiny_clip_spec: str) -> None:
         image.write_bytes(b"")
     out = tmp_path / "m.json"
     result = run("evaluate", root, "--model", tiny_clip_spec, *PROMPTS, "--workers", 0, "--output", out)
-    assert result.exit_code == 1 and "only 0 of 4 images could be scored" in result.output
+    assert result.exit_code == 1 and "only 0 of 4 images could be scored" in console_text(result)
     doc = json.loads(out.read_text())  # still written: it lists why every image failed
     assert doc["n_failed"] == 4 and all("empty" in f["reason"] for f in doc["failed"])
     assert doc["metrics"] == {"n": 0}

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from clip_aesthetics.cli import app
 from clip_aesthetics.images import find_images
+from conftest import console_text
 from test_zeroshot import GROUPS, reference_scores
 
 PROMPT_ARGS = [f"--positive={t}" for t in GROUPS.positive] + [f"--negative={t}" for t in GROUPS.negative]
@@ -52,7 +53,7 @@ def test_score_writes_ranked_csv_and_reports_broken(
     assert set(errors) == {"empty.jpg", "notes.png", "cut.jpg"}
     assert "empty" in errors["empty.jpg"] and "not an image" in errors["notes.png"]
     assert "truncated" in errors["cut.jpg"] or "corrupt" in errors["cut.jpg"]
-    assert "scored 8, unreadable 3" in result.output
+    assert "scored 8, unreadable 3" in console_text(result)
 
 
 @pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])

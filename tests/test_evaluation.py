@@ -21,6 +21,7 @@ from clip_aesthetics.evaluation import evaluate_scorer, load_split, write_predic
 from clip_aesthetics.metrics import bootstrap_ci
 from clip_aesthetics.prompts import PromptGroups
 from clip_aesthetics.scorers import ScoreOutput, Scorer, ZeroShotScorer
+from conftest import console_text
 
 PROMPTS = ["--positive", "a stunning photo", "--positive", "a masterpiece", "--negative", "a dull photo"]
 
@@ -74,7 +75,7 @@ def evaluated(synth: Path, tiny_clip_spec: str, tmp_path_factory: pytest.TempPat
         "--bootstrap", 50, "--workers", 0, "--batch-size", 4,
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    return out, json.loads((out / "metrics.json").read_text()), result.output
+    return out, json.loads((out / "metrics.json").read_text()), console_text(result)
 
 
 def test_evaluate_metrics_match_an_independent_computation(synth: Path, evaluated) -> None:

@@ -37,6 +37,7 @@ from clip_aesthetics.finetune.data import augment_batch, epoch_order, two_point_
 from clip_aesthetics.finetune.optim import lr_factor
 from clip_aesthetics.scorers import FinetunedScorer, load_scorer
 from clip_aesthetics.scorers.registry import read_scorer_file
+from conftest import console_text
 
 TESTS = Path(__file__).parent
 
@@ -349,7 +350,7 @@ def test_resume_rules(ava200: Path, tiny_clip_spec: str, tmp_path: Path) -> None
     with pytest.raises(FileNotFoundError):
         finetune(small_config(ava200, tiny_clip_spec), tmp_path / "nothing", resume=True)
     result = CliRunner().invoke(app, ["finetune", "--resume", str(run), "--batch-size", "8"])
-    assert result.exit_code == 2 and "--batch-size: fixed by the run" in result.output
+    assert result.exit_code == 2 and "--batch-size: fixed by the run" in console_text(result)
 
 
 def test_unreadable_images_are_skipped_and_counted(
@@ -378,7 +379,7 @@ def test_score_cli_with_the_best_scorer(
          "--split", "random", "--workers", "0", "--device", "cpu"],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert "finished after epoch 2" in result.output
+    assert "finished after epoch 2" in console_text(result)
     config, tensors = read_scorer_file(run / "best.safetensors")
     assert config["method"] == "finetune" and config["backbone"]["model"] == tiny_clip_spec
     assert "head.weight" in tensors and "tower.transformer.resblocks.0.attn.in_proj_weight" in tensors

@@ -24,7 +24,7 @@ from clip_aesthetics.probe import ALPHA_EXPONENTS, fit_linear, fit_probe
 from clip_aesthetics.prompts import PromptGroups
 from clip_aesthetics.scorers import ProbeHead, ZeroShotScorer, load_scorer, read_scorer_file
 from clip_aesthetics.scoring import build_scorer, score_paths
-from conftest import TINY_CLIP_CONFIG, save_open_clip_dir
+from conftest import TINY_CLIP_CONFIG, console_text, save_open_clip_dir
 
 GROUPS = PromptGroups(("a stunning photo", "a masterpiece"), ("a dull photo",))
 
@@ -57,9 +57,8 @@ def test_ols_equals_lstsq_on_standardised_features(k: int):
     expected = np.linalg.lstsq(np.column_stack([np.ones(len(z)), z]), y, rcond=None)[0]
     np.testing.assert_allclose(fit.intercept, expected[0], rtol=1e-9)
     np.testing.assert_allclose(fit.weights, expected[1:], rtol=1e-7, atol=1e-9)
-    np.testing.assert_allclose(fit.mean, x.mean(axis=0)) and np.testing.assert_allclose(
-        fit.std, x.std(axis=0)
-    )
+    np.testing.assert_allclose(fit.mean, x.mean(axis=0))
+    np.testing.assert_allclose(fit.std, x.std(axis=0))
     np.testing.assert_allclose(fit.predict(x), np.column_stack([np.ones(len(z)), z]) @ expected, atol=1e-8)
 
 
@@ -261,6 +260,7 @@ def test_laion_head_errors_are_one_line(tmp_path: Path, tiny_clip_spec: str, cli
     result = CliRunner().invoke(
         app, ["score", str(photo_dir), "--scorer", f"laion:{checkpoint}", "-m", clip768, "--workers", "0"]
     )
-    assert result.exit_code == 0 and "scored 8" in result.output, result.output
+    assert result.exit_code == 0, result.output
+    assert "scored 8" in console_text(result)
     missing = CliRunner().invoke(app, ["score", str(photo_dir), "--scorer", f"laion:{tmp_path / 'nope.pth'}"])
     assert missing.exit_code == 2 and "checkpoint not found" in missing.output

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import open_clip
 import pytest
+import timm
 import torch
 from PIL import Image
 
@@ -61,10 +62,50 @@ def test_scores_equal_independent_open_clip(tiny_clip_spec: str, photo_dir: Path
 def test_default_prompts_are_the_papers() -> None:
     groups = default_prompts()
     assert len(groups.positive) == len(groups.negative) == 1000
-    assert groups.positive[0] == f"a outstanding picture of a {IMAGENET_CLASSES[0]}"
-    assert groups.negative[-1] == f"a horrible picture of a {IMAGENET_CLASSES[-1]}"
+    # the authors' class names (first synonym of imagenet1000_clsidx_to_labels.txt), not open_clip's
+    assert groups.positive[0] == "a outstanding picture of a tench"
+    assert groups.positive[4] == "a outstanding picture of a hammerhead"
+    assert groups.negative[7] == "a horrible picture of a cock"
+    assert groups.positive[21] == "a outstanding picture of a kite"
+    assert groups.negative[999] == "a horrible picture of a toilet tissue"
     fixed = PromptRecipe(context="none").groups()
     assert fixed == PromptGroups(("a outstanding picture",), ("a horrible picture",))
+
+
+def test_curated_class_names_are_an_option() -> None:
+    groups = default_prompts("imagenet-curated")
+    assert groups.positive[4] == "a outstanding picture of a hammerhead shark"
+    assert groups.negative[7] == "a horrible picture of a rooster"
+    assert groups.positive[21] == "a outstanding picture of a kite (bird of prey)"
+    with pytest.raises(ValueError, match="imagenet-curated"):
+        default_prompts("imagenet-21k")
+
+
+def test_authors_class_names_are_the_first_wordnet_lemmas() -> None:
+    """The shipped list against timm's copy of the ImageNet-1k synsets' WordNet lemmas (independent)."""
+    info = Path(timm.data.__file__).parent / "_info"
+    synsets = (info / "imagenet_synsets.txt").read_text().split()
+    lemmas = dict(
+        line.split("\t", 1) for line in (info / "imagenet_synset_to_lemma.txt").read_text().splitlines()
+    )
+    assert tuple(lemmas[s].split(",")[0].strip() for s in synsets) == IMAGENET_CLASSES
+    pairs = zip(IMAGENET_CLASSES, open_clip.IMAGENET_CLASSNAMES, strict=True)
+    differing = sum(a.lower() != b.lower() for a, b in pairs)
+    assert 250 < differing < 350  # about 300 names differ between the two lists
+
+
+def test_score_contents_option_selects_the_class_names() -> None:
+    from clip_aesthetics.cli.score import prompt_groups
+
+    assert prompt_groups(None, None, None) is None  # the scorer's default: the authors' list
+    curated = prompt_groups(None, None, None, "imagenet-curated")
+    assert curated.negative[7] == "a horrible picture of a rooster"
+    assert prompt_groups(None, None, None, "cat,dog").positive == (
+        "a outstanding picture of a cat",
+        "a outstanding picture of a dog",
+    )
+    with pytest.raises(ValueError, match="--contents"):
+        prompt_groups(["a"], ["b"], None, "imagenet")
 
 
 def test_text_embeddings_cached_on_disk(tiny_clip_spec: str, monkeypatch: pytest.MonkeyPatch) -> None:

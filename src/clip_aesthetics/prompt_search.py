@@ -24,6 +24,7 @@ from scipy.stats import rankdata
 
 from .backbones import Backbone
 from .prompts import (
+    CLASS_LISTS,
     CONTEXT_TEMPLATE,
     IMAGENET_CLASSES,
     PromptGroups,
@@ -162,8 +163,9 @@ def load_word_list(value: str | None, default: tuple[str, ...]) -> tuple[str, ..
 
 
 def contents_for(value: str) -> tuple[str, ...]:
-    """Content words: ``imagenet`` (the 1000 class names) or a file / comma-separated list."""
-    return IMAGENET_CLASSES if value == "imagenet" else load_word_list(value, IMAGENET_CLASSES)
+    """Content words: ``imagenet`` (the authors' 1000 class names), ``imagenet-curated`` (open_clip's
+    curated names), or a file / comma-separated list."""
+    return CLASS_LISTS[value] if value in CLASS_LISTS else load_word_list(value, IMAGENET_CLASSES)
 
 
 def write_results(rows: list[dict], meta: dict, json_path: str | os.PathLike, markdown_path=None) -> None:

@@ -3,6 +3,12 @@
 A group is a list of texts; its embedding is the mean of the texts' L2-normalised CLIP embeddings,
 normalised again (prompt ensembling, as in open_clip's zero-shot classifier). The paper's best setting is
 ``outstanding`` vs ``horrible``, context-aware over the 1000 ImageNet class names, ensembled.
+
+Class names: the authors took the first synonym of each line of the classic
+``imagenet1000_clsidx_to_labels.txt`` (the WordNet lemmas of the 1000 ImageNet-1k synsets: "hammerhead",
+"cock", "kite"), shipped here as ``data/imagenet_classes.txt`` and used by default. open_clip's curated
+names ("hammerhead shark", "rooster", "kite (bird of prey)") differ for about 300 classes; they are
+available as the ``imagenet-curated`` list.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass
+from importlib import resources
 from pathlib import Path
 
 import torch
@@ -21,7 +28,16 @@ from .progress import progress_bar
 
 FIXED_TEMPLATE = "a {adjective} picture"
 CONTEXT_TEMPLATE = "a {adjective} picture of a {content}"
-IMAGENET_CLASSES: tuple[str, ...] = tuple(IMAGENET_CLASSNAMES)
+
+
+def _authors_class_names() -> tuple[str, ...]:
+    text = resources.files(__package__).joinpath("data/imagenet_classes.txt").read_text(encoding="utf-8")
+    return tuple(line.strip() for line in text.splitlines() if line.strip())
+
+
+IMAGENET_CLASSES: tuple[str, ...] = _authors_class_names()  # the authors' list, the default
+IMAGENET_CURATED_CLASSES: tuple[str, ...] = tuple(IMAGENET_CLASSNAMES)  # open_clip's curated names
+CLASS_LISTS = {"imagenet": IMAGENET_CLASSES, "imagenet-curated": IMAGENET_CURATED_CLASSES}
 
 POSITIVE_ADJECTIVES = (
     "outstanding",
@@ -125,10 +141,14 @@ class PromptRecipe:
 
     positive_adjectives: tuple[str, ...] = ("outstanding",)
     negative_adjectives: tuple[str, ...] = ("horrible",)
-    context: str = "imagenet"  # "imagenet" (1000 class names) or "none" (fixed prompt)
+    context: str = "imagenet"  # a key of CLASS_LISTS (1000 class names) or "none" (fixed prompt)
+
+    def __post_init__(self) -> None:
+        if self.context != "none" and self.context not in CLASS_LISTS:
+            raise ValueError(f"unknown class-name list {self.context!r} (choose {', '.join(CLASS_LISTS)})")
 
     def groups(self) -> PromptGroups:
-        contents = IMAGENET_CLASSES if self.context == "imagenet" else None
+        contents = CLASS_LISTS.get(self.context)
         return PromptGroups(
             expand(self.positive_adjectives, contents), expand(self.negative_adjectives, contents)
         )
@@ -137,9 +157,12 @@ class PromptRecipe:
         return asdict(self)
 
 
-def default_prompts() -> PromptGroups:
-    """The paper's best: outstanding vs horrible over the ImageNet class names, ensembled."""
-    return PromptRecipe().groups()
+def default_prompts(class_names: str = "imagenet") -> PromptGroups:
+    """The paper's best: outstanding vs horrible over the ImageNet class names, ensembled.
+
+    ``class_names``: ``imagenet`` (the authors' list, default) or ``imagenet-curated`` (open_clip's).
+    """
+    return PromptRecipe(context=class_names).groups()
 
 
 def load_prompt_file(path: str | os.PathLike) -> PromptGroups:

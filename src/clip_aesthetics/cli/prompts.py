@@ -22,7 +22,7 @@ from ..prompt_search import (
     similarities,
     write_results,
 )
-from ..prompts import NEGATIVE_ADJECTIVES, POSITIVE_ADJECTIVES
+from ..prompts import CLASS_LISTS, NEGATIVE_ADJECTIVES, POSITIVE_ADJECTIVES
 from ..scorers import save_scorer
 from .app import app, console, user_errors
 
@@ -48,7 +48,9 @@ def search(
     positive: str = typer.Option(None, help="Positive adjectives: a file (one per line) or a,b,c."),
     negative: str = typer.Option(None, help="Negative adjectives: a file (one per line) or a,b,c."),
     contents: str = typer.Option(
-        "imagenet", help="Content words for context prompts: imagenet, a file, or a,b."
+        "imagenet",
+        help="Content words for context prompts: imagenet (the authors' class names), imagenet-curated "
+        "(open_clip's), a file, or a,b.",
     ),
     strategies: str = typer.Option(",".join(STRATEGIES), help="Strategies to try (comma separated)."),
     metric: str = typer.Option("srcc", help=f"Rank pairs by: {', '.join(METRICS)}."),
@@ -91,7 +93,7 @@ def search(
         "backbone": backbone.describe(),
         "metric": metric,
         "threshold": threshold,
-        "contents": "imagenet" if contents == "imagenet" else list(words),
+        "contents": contents if contents in CLASS_LISTS else list(words),
     }
     write_results(rows, meta, output, markdown)
     if save_best is not None:

@@ -8,23 +8,35 @@ import typer
 from rich.table import Table
 
 from ..images import DEFAULT_MAX_PIXELS, find_images
-from ..prompts import PromptGroups, load_prompt_file
+from ..prompts import PromptGroups, PromptRecipe, expand, load_prompt_file
 from ..report import DEFAULT_MAX_THUMBNAILS, render_score_report, write_html
 from ..scoring import build_scorer, errors_path_for, score_paths, write_rows
 from .app import EXIT_NOTHING_DONE, app, console, err_console, fail, user_errors
 
 
 def prompt_groups(
-    positive: list[str] | None, negative: list[str] | None, prompts: Path | None
+    positive: list[str] | None, negative: list[str] | None, prompts: Path | None, contents: str | None = None
 ) -> PromptGroups | None:
     """Custom prompts from the command line or a file; None keeps the paper's defaults."""
     if prompts is not None and (positive or negative):
         raise ValueError("use either --prompts FILE or --positive/--negative, not both")
+    if contents is not None:
+        if prompts is not None or positive or negative:
+            raise ValueError("--contents changes the default prompts: drop --prompts/--positive/--negative")
+        return default_prompts_over(contents)
     if prompts is not None:
         return load_prompt_file(prompts)
     if bool(positive) != bool(negative):
         raise ValueError("--positive and --negative go together: give at least one of each")
     return PromptGroups(tuple(positive), tuple(negative)) if positive else None
+
+
+def default_prompts_over(contents: str) -> PromptGroups:
+    """The paper's adjectives over other content words (a class-name list, a file or a,b)."""
+    from ..prompt_search import contents_for
+
+    words, recipe = contents_for(contents), PromptRecipe()
+    return PromptGroups(expand(recipe.positive_adjectives, words), expand(recipe.negative_adjectives, words))
 
 
 @app.command()
@@ -45,6 +57,11 @@ def score(
         None, "--negative", help="Negative prompt text (repeatable, verbatim)."
     ),
     prompts: Path = typer.Option(None, help="JSON or YAML file with 'positive' and 'negative' lists."),
+    contents: str = typer.Option(
+        None,
+        help="Class names of the default prompts: imagenet (the authors' list, default), imagenet-curated "
+        "(open_clip's), a file, or a,b.",
+    ),
     output: Path = typer.Option(None, "--output", "-o", help="Ranked results: .csv, .jsonl or .parquet."),
     batch_size: int = typer.Option(64, min=1, help="Images per model call."),
     device: str = typer.Option("auto", help="auto (CUDA if present), cpu, cuda, cuda:1, ..."),
@@ -61,7 +78,7 @@ def score(
     ),
 ) -> None:
     """Score and rank photos by aesthetic quality (zero-shot by default: 'outstanding' vs 'horrible')."""
-    groups = prompt_groups(positive, negative, prompts)
+    groups = prompt_groups(positive, negative, prompts, contents)
     files = find_images(paths)
     if not files:
         raise fail(f"no image files found under {', '.join(map(str, paths))}", EXIT_NOTHING_DONE)
