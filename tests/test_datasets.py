@@ -238,7 +238,7 @@ def test_parse_csv_ids_votes_and_errors(tmp_path: Path) -> None:
     assert [r.id for r in parsed.records] == ["7"] and parsed.records[0].mean == pytest.approx(5.5)
     assert parsed.records[0].path == tmp_path / "7.png"
     assert [s.line_no for s in parsed.report.skipped] == [4, 5]
-    assert "positive total" in parsed.report.skipped[1].reason
+    assert "zero total votes" in parsed.report.skipped[1].reason
 
     (tmp_path / "bad.csv").write_text("name,score\na.jpg,3\n")
     with pytest.raises(ParseError, match=r"bad\.csv:1: needs a 'path' or 'id' column"):

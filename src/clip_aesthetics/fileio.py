@@ -97,3 +97,63 @@ def folder_digest(folder: str | os.PathLike) -> str:
         sha.update(str(file.relative_to(folder)).encode("utf-8", "surrogateescape") + b"\0")
         sha.update(file_digest(file).encode() + b"\0")
     return "sha256:" + sha.hexdigest()
+
+
+class TextDecodeError(ValueError):
+    """A text input that is not UTF-8; the message names the file, the line and the offending byte."""
+
+
+def _decode_error(path: str | os.PathLike, exc: UnicodeDecodeError) -> TextDecodeError:
+    # The stream's error offset is relative to a decoder chunk: find the first bad byte in the whole file.
+    data = Path(path).read_bytes()
+    try:
+        data.decode("utf-8-sig")
+        position = exc.start
+    except UnicodeDecodeError as whole:
+        position = whole.start
+    line = data[:position].count(b"\n") + 1
+    byte = data[position : position + 1].hex() or "??"
+    return TextDecodeError(
+        f"{path}:{line}: not UTF-8 text (byte 0x{byte}); save it as UTF-8 (iconv -f latin1 -t utf-8)"
+    )
+
+
+@contextmanager
+def open_text(path: str | os.PathLike, newline: str | None = None) -> Iterator[IO[str]]:
+    """Open a text input for reading: UTF-8, a leading byte-order mark dropped, decode errors naming the file.
+
+    Editors and spreadsheets on Windows start files with a BOM; left in, it glues itself to the first id
+    (``\\ufeff953619``) and that line silently stops matching.
+    """
+    try:
+        with open(path, encoding="utf-8-sig", newline=newline) as handle:
+            yield handle
+    except UnicodeDecodeError as exc:
+        raise _decode_error(path, exc) from None
+
+
+def read_text(path: str | os.PathLike) -> str:
+    """A whole text input, read as :func:`open_text` does."""
+    with open_text(path) as handle:
+        return handle.read()
+
+
+def check_writable(path: str | os.PathLike) -> Path:
+    """Raise OSError now, before hours of work, if ``path`` cannot be written (atomically) later.
+
+    The folder must exist and accept a new file (the atomic writers create one beside the target); a folder
+    in the target's place is refused too.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder; expected a file name")
+    folder = path.parent
+    if not folder.is_dir():
+        raise FileNotFoundError(f"folder not found: {folder} (for {path.name})")
+    probe = folder / f".{path.name}.writable{os.getpid()}"
+    try:
+        probe.touch()
+    except OSError as exc:
+        raise type(exc)(exc.errno, f"cannot write {path}: {exc.strerror}") from None
+    probe.unlink()
+    return path

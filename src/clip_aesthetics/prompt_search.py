@@ -23,6 +23,7 @@ import torch
 from scipy.stats import rankdata
 
 from .backbones import Backbone
+from .fileio import read_text
 from .prompts import (
     CLASS_LISTS,
     CONTEXT_TEMPLATE,
@@ -37,6 +38,7 @@ from .scorers.zeroshot import LOGIT_SCALE, ZeroShotScorer
 STRATEGIES = ("fixed", "context", "ensemble")
 NEUTRAL_TEMPLATE = "a picture of a {content}"
 METRICS = ("srcc", "plcc", "accuracy")
+WORD_FILE_SUFFIXES = (".txt", ".yaml", ".yml", ".json")
 
 
 @dataclass
@@ -136,6 +138,11 @@ def best_scorer(backbone: Backbone, row: dict, contents: tuple[str, ...]) -> Zer
     return ZeroShotScorer(backbone, groups, recipe=recipe, strategy="context", context_prompts=neutral)
 
 
+def _cell(text: str) -> str:
+    """Table-safe text: a ``|`` in an adjective would otherwise start a new column."""
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+
+
 def markdown_table(rows: list[dict], limit: int = 30) -> str:
     """The top ``limit`` rows as a Markdown table."""
     lines = [
@@ -144,18 +151,32 @@ def markdown_table(rows: list[dict], limit: int = 30) -> str:
     ]
     for row in rows[:limit]:
         lines.append(
-            f"| {row['rank']} | {row['strategy']} | {row['positive']} | {row['negative']} | "
+            f"| {row['rank']} | {row['strategy']} | {_cell(row['positive'])} | {_cell(row['negative'])} | "
             f"{row['srcc']:.4f} | {row['plcc']:.4f} | {row['accuracy']:.4f} |"
         )
     return "\n".join(lines) + "\n"
 
 
+def _looks_like_path(value: str) -> bool:
+    separators = {"/", os.sep, os.altsep} - {None}
+    return any(s in value for s in separators) or value.lower().endswith(WORD_FILE_SUFFIXES)
+
+
 def load_word_list(value: str | None, default: tuple[str, ...]) -> tuple[str, ...]:
-    """Words from a file (one per line), a comma-separated list, or the default when None."""
+    """Words from a file (one per line), a comma-separated list, or the default when None.
+
+    A value that looks like a file name (a path separator, or a ``.txt``/``.yaml``/``.yml``/``.json``
+    ending) but names no file is an error, never a list of one odd adjective.
+    """
     if value is None:
         return default
     path = Path(value)
-    words = path.read_text(encoding="utf-8").splitlines() if path.is_file() else value.split(",")
+    if path.is_file():
+        words = read_text(path).splitlines()
+    elif _looks_like_path(value):
+        raise FileNotFoundError(f"word list not found: {value}")
+    else:
+        words = value.split(",")
     words = tuple(dict.fromkeys(w.strip() for w in words if w.strip()))
     if not words:
         raise ValueError(f"no words in {value!r}")

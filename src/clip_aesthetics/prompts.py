@@ -24,6 +24,7 @@ import torch
 from open_clip import IMAGENET_CLASSNAMES
 from safetensors.torch import load_file, save_file
 
+from .fileio import read_text
 from .progress import progress_bar
 
 FIXED_TEMPLATE = "a {adjective} picture"
@@ -167,7 +168,7 @@ def default_prompts(class_names: str = "imagenet") -> PromptGroups:
 
 def load_prompt_file(path: str | os.PathLike) -> PromptGroups:
     """Read ``{"positive": [...], "negative": [...]}`` from a JSON or YAML file."""
-    text = Path(path).read_text(encoding="utf-8")
+    text = read_text(path)
     if Path(path).suffix.lower() in (".yaml", ".yml"):
         import yaml
 

@@ -11,8 +11,10 @@ import typer
 
 from ..backbones import PreprocessConfig
 from ..datasets import ParsedDataset, load_dataset, make_synthetic_ava, write_broken_manifest
+from ..datasets.ava import TEST_LIST, read_id_list
 from ..datasets.records import DEFAULT_MANIFEST
 from ..evaluation import EVAL_DATASETS
+from ..fileio import check_writable
 from ..images import DEFAULT_MAX_PIXELS, iter_batches
 from .app import app, console, err_console, user_errors
 
@@ -33,6 +35,7 @@ class VerifyResult:
     n_checked: int
     n_missing: int
     broken: dict[str, str]
+    manifest: Path
 
     @property
     def n_unreadable(self) -> int:
@@ -47,14 +50,18 @@ def verify_dataset(
     workers: int | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     progress: bool | None = None,
+    manifest: Path | str | None = None,
 ) -> VerifyResult:
-    """Open every image of a dataset in parallel and collect the missing and unreadable ones.
+    """Open every image of a dataset in parallel, collect the missing and unreadable ones, write the manifest.
 
-    Any existing manifest is ignored, so a re-downloaded image leaves the list on the next run.
+    Any existing manifest is ignored, so a re-downloaded image leaves the list on the next run. Where the
+    manifest goes is checked for writability first: a read-only dataset fails at once, not after every
+    image was opened.
 
     Args:
         dataset: One of :data:`~clip_aesthetics.evaluation.EVAL_DATASETS`.
         root: The dataset folder (``csv``: the CSV file).
+        manifest: Where to write the manifest; default ``broken_images.json`` in the dataset folder.
         batch_size, workers, max_pixels, progress: see :func:`~clip_aesthetics.images.iter_batches`.
     """
     if dataset not in EVAL_DATASETS:
@@ -68,6 +75,7 @@ def verify_dataset(
         empty = Path(tmp) / "none.json"
         write_broken_manifest(empty, {})
         parsed = load_dataset(dataset, root, manifest=empty)
+    target = check_writable(manifest if manifest is not None else parsed.root / DEFAULT_MANIFEST)
     broken = {d.id: d.reason for d in parsed.report.dropped}  # missing files, found by the parser's scan
     n_missing = len(broken)
     records = [r for r in parsed.records if r.path is not None]
@@ -81,7 +89,8 @@ def verify_dataset(
         description="verifying",
     ):
         broken.update((records[i].id, reason) for i, reason in batch.errors)
-    return VerifyResult(parsed, len(records) + n_missing, n_missing, broken)
+    write_broken_manifest(target, broken)
+    return VerifyResult(parsed, len(records) + n_missing, n_missing, broken, target)
 
 
 @datasets_app.command("verify")
@@ -100,9 +109,9 @@ def verify(
 
     Parsers drop the ids in the manifest (counted in their report), so evaluation and training skip them.
     """
-    result = verify_dataset(dataset, root, batch_size=batch_size, workers=workers, max_pixels=max_pixels)
-    target = manifest if manifest is not None else result.dataset.root / DEFAULT_MANIFEST
-    write_broken_manifest(target, result.broken)
+    result = verify_dataset(
+        dataset, root, batch_size=batch_size, workers=workers, max_pixels=max_pixels, manifest=manifest
+    )
     for image_id, reason in list(sorted(result.broken.items()))[:SHOW_BROKEN]:
         err_console.print(f"[yellow]broken[/yellow] {image_id}: {reason}", highlight=False)
     if len(result.broken) > SHOW_BROKEN:
@@ -112,7 +121,7 @@ def verify(
     console.print(
         f"checked {result.n_checked} images: {result.n_checked - len(result.broken)} ok, "
         f"{result.n_missing} missing, {result.n_unreadable} unreadable; "
-        f"wrote {len(result.broken)} ids to {target}",
+        f"wrote {len(result.broken)} ids to {result.manifest}",
         highlight=False,
     )
 
@@ -145,7 +154,7 @@ def synth_ava(
         )
     except FileExistsError as exc:  # not a FileNotFoundError, so user_errors would not catch it
         raise ValueError(str(exc)) from None
-    n_test = len((root / "aesthetics_image_lists" / "generic_test.jpgl").read_text().split())
+    n_test = len(read_id_list(root / TEST_LIST))
     missing = min(n_missing, n_test)
     console.print(
         f"wrote a synthetic AVA dataset to {root}: {n} images in AVA.txt ({n - missing} image files, "

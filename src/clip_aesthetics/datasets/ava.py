@@ -23,11 +23,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ..fileio import open_text, read_text
 from .records import (
     ParsedDataset,
     ParseReport,
     Record,
     bulk_allocation,
+    check_votes,
     filter_available,
     load_broken_manifest,
     resolve_manifest,
@@ -65,7 +67,7 @@ def load_names(path: Path) -> dict[int, str]:
     names: dict[int, str] = {}
     if not path.is_file():
         return names
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+    for line in path.read_text(encoding="utf-8-sig", errors="replace").splitlines():
         head, _, name = line.strip().partition(" ")
         if head.isdigit():
             names[int(head)] = name.strip()
@@ -74,7 +76,7 @@ def load_names(path: Path) -> dict[int, str]:
 
 def read_id_list(path: Path) -> list[str]:
     """Ids from a ``.jpgl`` list (one id per line, blank lines ignored)."""
-    return [s for s in (line.strip() for line in path.read_text().splitlines()) if s]
+    return [s for s in (line.strip() for line in read_text(path).splitlines()) if s]
 
 
 def _parse_line(fields: list[str], tag_names: Mapping[int, str]) -> tuple[str, list[int], tuple[str, ...]]:
@@ -86,10 +88,7 @@ def _parse_line(fields: list[str], tag_names: Mapping[int, str]) -> tuple[str, l
     except ValueError:
         raise ValueError(f"non-integer vote, tag or challenge column in {fields[2:]}") from None
     votes = numbers[:10]
-    if min(votes) < 0:
-        raise ValueError(f"negative vote count in {votes}")
-    if sum(votes) == 0:
-        raise ValueError("zero total votes")
+    check_votes(votes)
     tag1, tag2 = numbers[10], numbers[11]
     tags = tuple(tag_names.get(t) or str(t) for t in (tag1, tag2) if t) if tag1 or tag2 else ()
     return fields[1], votes, tags
@@ -102,7 +101,7 @@ def _read_ava_txt(
     rows: list[tuple[str, tuple[str, ...]]] = []
     all_votes: list[list[int]] = []
     first_line: dict[str, int] = {}
-    with txt.open(encoding="utf-8") as f:
+    with open_text(txt) as f:
         for line_no, line in enumerate(f, start=1):
             if not line.strip():
                 continue

@@ -33,12 +33,14 @@ from pathlib import Path
 
 import numpy as np
 
+from ..fileio import open_text
 from .records import (
     ParsedDataset,
     ParseError,
     ParseReport,
     Record,
     bulk_allocation,
+    check_votes,
     filter_available,
     resolve_manifest,
 )
@@ -110,7 +112,7 @@ def _read_rows(path: Path, delimiter: str | None) -> Iterator[tuple[int, list[st
     """Yield (line number, stripped fields) of non-blank lines; ``delimiter=None`` splits on whitespace."""
     if not path.is_file():
         raise FileNotFoundError(f"label file not found: {path}")
-    with path.open(newline="", encoding="utf-8-sig") as f:  # utf-8-sig: spreadsheet exports start with a BOM
+    with open_text(path, newline="") as f:  # spreadsheet exports start with a BOM: dropped
         if delimiter is None:
             for line_no, line in enumerate(f, start=1):
                 if line.strip():
@@ -257,10 +259,9 @@ def parse_csv(
             raise ValueError("empty id/path")
         split = _split(row[split_column]) if has_split else None
         if vote_cols is not None:
-            votes = np.array([_number(row, c) for c in vote_cols])
-            if (votes < 0).any() or votes.sum() == 0 or (votes != np.round(votes)).any():
-                raise ValueError(f"votes must be non-negative integers with a positive total, got {votes}")
-            return Record(image_id, image, votes=votes, split=split)
+            votes = [_number(row, c) for c in vote_cols]
+            check_votes(votes)
+            return Record(image_id, image, votes=np.array(votes, dtype=np.int64), split=split)
         mean = _scaled(row, score_col, mapping) if score_col is not None else None
         return Record(image_id, image, mean=mean, split=split)
 

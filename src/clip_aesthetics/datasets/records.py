@@ -22,9 +22,14 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ..fileio import read_text
+
 N_BINS = 10
 DEFAULT_MANIFEST = "broken_images.json"
 _SCORES = np.arange(1, N_BINS + 1)
+# No image anywhere has a billion ratings (AVA's busiest has about 550): a larger count is a corrupt file, and
+# counts near 2**63 would overflow the int64 sums behind every mean.
+MAX_VOTES = 10**9
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
 
 
@@ -42,6 +47,23 @@ def bulk_allocation() -> Iterator[None]:
     finally:
         if was_enabled:
             gc.enable()
+
+
+def check_votes(votes: Sequence[float]) -> None:
+    """Raise ValueError (with the reason) unless ``votes`` are 10 whole, non-negative, plausible counts."""
+    if len(votes) != N_BINS:
+        raise ValueError(f"expected {N_BINS} vote counts, got {len(votes)}")
+    if min(votes) < 0:
+        raise ValueError(f"negative vote count in {list(votes)}")
+    total = sum(votes)
+    if total > MAX_VOTES:
+        raise ValueError(
+            f"implausible vote counts {list(votes)}: more than {MAX_VOTES:,} votes for one image"
+        )
+    if total == 0:
+        raise ValueError("zero total votes")
+    if not isinstance(total, int) and not all(float(v).is_integer() for v in votes):  # ints need no check
+        raise ValueError(f"vote counts must be whole numbers, got {list(votes)}")
 
 
 class ParseError(ValueError):
@@ -88,8 +110,10 @@ class Record:
         if votes.shape != (N_BINS,):
             raise ValueError(f"record {self.id}: votes must have {N_BINS} counts, got shape {votes.shape}")
         total = int(votes.sum())
-        if total <= 0 or votes.min() < 0:
-            raise ValueError(f"record {self.id}: votes must be non-negative with a positive total")
+        if total <= 0 or votes.min() < 0 or votes.max() > MAX_VOTES or total > MAX_VOTES:
+            raise ValueError(
+                f"record {self.id}: votes must be non-negative with a positive total of at most {MAX_VOTES:,}"
+            )
         if self.mean is None:
             object.__setattr__(self, "mean", float(votes @ _SCORES) / total)
 
@@ -175,7 +199,7 @@ def load_broken_manifest(path: Path | str) -> dict[str, str]:
     Accepts the JSON form written by :func:`write_broken_manifest` (``{"broken": {id: reason}}``) and, for
     hand-made lists, plain text with one id per line optionally followed by a reason.
     """
-    text = Path(path).read_text(encoding="utf-8")
+    text = read_text(path)
     if text.lstrip().startswith("{"):
         data = json.loads(text)
         broken = data.get("broken")

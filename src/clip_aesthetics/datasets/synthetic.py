@@ -43,6 +43,9 @@ QUALITY_WEIGHTS = {
     "composition": 0.8,
 }
 NOISE_SD = 0.6
+# Beyond these a request only exhausts memory (one float64 scene of 100000 px is ~100 GB) or votes.
+MIN_SIZE, MAX_SIZE = 16, 4096
+MAX_RATERS = 100_000
 MEAN_CENTRE, MEAN_SPREAD, RATER_SD = 5.4, 0.8, 1.4
 TAGS = ["Abstract", "Animals", "Architecture", "Black and White", "Cityscape", "Landscape", "Macro", "Nature"]
 CHALLENGES = ["Sunsets", "Red", "Shadows", "Free Study", "Minimalism", "Rule of Thirds"]
@@ -165,6 +168,21 @@ def _write_lists(
     (out / "aesthetics_image_lists" / "generic_test.jpgl").write_text("".join(f"{i}\n" for i in test_ids))
 
 
+def _check_sizes(
+    n: int, size: int, raters: int, test_fraction: float, n_missing: int, n_corrupt: int
+) -> None:
+    """Refuse impossible or memory-exhausting requests before anything is written."""
+    if n < 1 or not MIN_SIZE <= size <= MAX_SIZE:
+        raise ValueError(f"need n >= 1 and size in [{MIN_SIZE}, {MAX_SIZE}] pixels, got n={n}, size={size}")
+    if not 1 <= raters <= MAX_RATERS:
+        raise ValueError(f"raters must be in [1, {MAX_RATERS:,}], got {raters}")
+    if not 0.0 <= test_fraction <= 1.0 or n_missing < 0 or n_corrupt < 0:
+        raise ValueError("test_fraction must be in [0, 1]; n_missing and n_corrupt must be >= 0")
+    n_train = n - min(n, max(1, round(test_fraction * n)))
+    if n_corrupt > n_train:
+        raise ValueError(f"n_corrupt={n_corrupt} exceeds the {n_train} train images of n={n}")
+
+
 def make_synthetic_ava(
     out_dir: Path | str,
     n: int = 200,
@@ -193,6 +211,7 @@ def make_synthetic_ava(
     Returns:
         ``out_dir`` as a Path.
     """
+    _check_sizes(n, size, raters, test_fraction, n_missing, n_corrupt)
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not exist_ok:
         raise FileExistsError(f"{out} is not empty; pass exist_ok=True to write into it")
