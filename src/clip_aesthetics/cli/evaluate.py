@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gc
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
@@ -76,22 +75,9 @@ MaxPixels = Annotated[int, typer.Option(min=1, help="Larger images count as unre
 
 def scorer_file_method(path: Path | str) -> str:
     """The ``method`` a scorer file declares, read from its config alone (no tensors, no backbone)."""
-    from safetensors import safe_open
+    from ..scorers.registry import read_scorer_file
 
-    from ..scorers.registry import METADATA_KEY
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"scorer file not found: {path}")
-    if path.suffix == ".json":
-        config = json.loads(path.read_text(encoding="utf-8"))
-    else:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-        if METADATA_KEY not in metadata:
-            raise ValueError(f"{path} is not a clip-aesthetics scorer file (no config in its metadata)")
-        config = json.loads(metadata[METADATA_KEY])
-    return str(config.get("method"))
+    return read_scorer_file(path, config_only=True)[0]["method"]
 
 
 def resolve_method(method: str | None, scorer_file: str | None) -> str:

@@ -8,6 +8,7 @@ crash while saving leaves the previous checkpoint intact, never half a file.
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 from pathlib import Path
@@ -15,22 +16,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..fileio import atomic_write
+
 FORMAT_VERSION = 1
 
 
 def save_checkpoint(payload: dict, path: str | os.PathLike) -> Path:
     """Write ``payload`` with ``torch.save`` atomically (temp file, fsync, ``os.replace``)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with tmp.open("wb") as handle:
-            torch.save({**payload, "format": FORMAT_VERSION}, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return atomic_write(
+        path, lambda handle: torch.save({**payload, "format": FORMAT_VERSION}, handle), binary=True
+    )
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
@@ -43,10 +38,42 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint to resume from: {path}")
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated or overwritten: torch would say "[Errno 22] Invalid argument"
+        reason = str(exc).split(". ")[0].splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(
+            f"{path} is damaged (truncated or corrupt: {reason}); restore it from a copy, or start the run "
+            "again in a new --out folder"
+        ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT_VERSION:
         raise ValueError(f"{path} is not a fine-tuning checkpoint of format {FORMAT_VERSION}")
     return payload
+
+
+class DiskFullError(OSError):
+    """Writing failed because the disk (or quota) is full; the message says what is kept and what to do."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` or anything in its chain is ENOSPC/EDQUOT.
+
+    ``torch.save`` hides it in a RuntimeError reading "unexpected pos ..." (the OSError is its context);
+    safetensors reports it as text ("No space left on device (os error 28)").
+    """
+    codes = (errno.ENOSPC, errno.EDQUOT)
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in codes:
+            return True
+        if any(os.strerror(code) in str(exc) for code in codes):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def rng_states() -> dict:

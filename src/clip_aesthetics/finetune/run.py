@@ -46,15 +46,17 @@ def resume_config(run_dir: str | os.PathLike, **changes) -> TrainConfig:
 
 
 def _prepare_dir(run_dir: Path, resume: bool, is_main: bool) -> None:
-    """Check the run folder on every rank and raise the same error everywhere (no rank left waiting)."""
+    """Check the run folder on every rank and raise the same error everywhere (no rank left waiting).
+
+    A run stopped before its first checkpoint (killed, diverged or out of disk in epoch 1) has a config but
+    no ``last.pt``: nothing is lost by starting it over, so ``--resume`` starts it at epoch 1 and a fresh
+    start may replace it. Only a run with a checkpoint is protected.
+    """
     error = None
-    if resume and not (run_dir / report.LAST_CHECKPOINT).is_file():  # every rank reads the checkpoint
+    started = (run_dir / report.CONFIG_FILE).is_file()
+    if resume and not started and not (run_dir / report.LAST_CHECKPOINT).is_file():
         error = f"no checkpoint to resume from: {run_dir / report.LAST_CHECKPOINT}"
-    elif (
-        not resume
-        and is_main
-        and any((run_dir / f).exists() for f in (report.LAST_CHECKPOINT, report.CONFIG_FILE))
-    ):
+    elif not resume and is_main and (run_dir / report.LAST_CHECKPOINT).exists():
         error = f"{run_dir} already holds a run: continue it with --resume {run_dir}, or pick another --out"
     errors = [e for e in dist.all_gather_objects(error) if e]
     if errors:
@@ -93,8 +95,11 @@ def finetune(
             torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick its fastest kernels
             torch.backends.cuda.matmul.allow_tf32 = True  # fp32 runs use TF32 tensor cores, as is usual
         trainer = Trainer(config, run_dir, ctx, (log or _log_nothing) if ctx.is_main else _log_nothing)
-        if resume:
-            trainer.load(load_checkpoint(run_dir / report.LAST_CHECKPOINT))
+        checkpoint = run_dir / report.LAST_CHECKPOINT
+        if resume and checkpoint.is_file():
+            trainer.load(load_checkpoint(checkpoint))
+        elif resume:
+            trainer.log(f"{run_dir} stopped before its first checkpoint: starting again at epoch 1")
         if ctx.is_main:
             report.write_json(run_dir / report.CONFIG_FILE, trainer.describe())
         dist.barrier()

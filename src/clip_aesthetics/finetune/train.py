@@ -7,6 +7,7 @@ and only rank 0 writes files. See :mod:`clip_aesthetics.finetune` for the launch
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import time
@@ -26,12 +27,27 @@ from ..scorers.finetuned import FinetunedScorer
 from ..scorers.registry import read_scorer_file, save_scorer
 from . import distributed as dist
 from . import report
-from .checkpoint import restore_rng_states, rng_states, save_checkpoint, seed_epoch
+from .checkpoint import (
+    DiskFullError,
+    is_disk_full,
+    restore_rng_states,
+    rng_states,
+    save_checkpoint,
+    seed_epoch,
+)
 from .config import TrainConfig
 from .data import LabelledSplit, augment_batch, epoch_order, iter_indexed_batches, load_splits, shard
 from .loss import distribution_mean, get_loss
 from .model import FinetuneModel, freeze
 from .optim import build_optimizer, build_scheduler
+
+# How often (optimiser steps) the running loss is checked for NaN/inf: each check waits for the device, and
+# a diverged run should not burn a whole epoch first.
+FINITE_CHECK_STEPS = 20
+
+
+class DivergenceError(RuntimeError):
+    """The loss or a validation metric became NaN or infinite; the message says what was kept."""
 
 
 @dataclass
@@ -186,9 +202,14 @@ class Trainer:
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 self.scheduler.step()
+                if (i // config.accumulate + 1) % FINITE_CHECK_STEPS == 0:
+                    self._check_finite(
+                        loss_sum.clone(), f"training loss by step {i // config.accumulate + 1}"
+                    )
         seconds = time.perf_counter() - start
         totals = torch.stack([loss_sum, loss_sum.new_tensor(images), loss_sum.new_tensor(skipped)])
         loss_sum, images, skipped = dist.all_reduce_sum(totals).tolist()
+        self._check_finite(torch.tensor(loss_sum), "training loss")
         return {
             "train_loss": loss_sum / max(images, 1.0),
             "train_images": int(images),
@@ -196,6 +217,21 @@ class Trainer:
             "train_seconds": seconds,
             "images_per_s": images / seconds if seconds > 0 else float("nan"),
         }
+
+    def _check_finite(self, value: torch.Tensor, what: str) -> None:
+        """Raise :class:`DivergenceError` on every rank at once when ``value`` is NaN/inf on any rank."""
+        bad = dist.all_reduce_sum((~torch.isfinite(value)).to(torch.float32).reshape(1))
+        if bad.item() == 0:
+            return
+        kept = (
+            f"{self.run_dir / report.LAST_CHECKPOINT} keeps epoch {self.epoch}"
+            if self.epoch
+            else "no epoch had finished, so none was saved"
+        )
+        raise DivergenceError(
+            f"training diverged: the {what} in epoch {self.epoch + 1} is NaN or infinite; nothing of that "
+            f"epoch was kept ({kept}). Lower the learning rates or use --precision fp32, in a new run folder"
+        )
 
     def _step(
         self, images: torch.Tensor, indices: list[int], split: LabelledSplit, group: int, sync: bool
@@ -258,6 +294,7 @@ class Trainer:
             }
             row = {"epoch": self.epoch + 1, **lrs, **self.train_epoch()}
             val = self.evaluate(self.splits["val"], "validation")
+            self._check_finite(torch.tensor(val[self.metric]), f"validation {self.metric}")
             row.update({f"val_{k}": v for k, v in val.items()})
             self.epoch += 1
             improved = self.stopper.update(val[self.metric], self.epoch)
@@ -279,14 +316,26 @@ class Trainer:
 
     def _save(self, improved: bool, val: dict) -> None:
         if self.ctx.is_main:
-            if improved:
-                recipe = {"config": self.config.to_dict(), "epoch": self.epoch, "val": val}
-                scorer = FinetunedScorer(self.backbone, self.model, recipe=recipe)
-                save_scorer(scorer, self.run_dir / report.BEST_SCORER, tensors=self.best_state)
-            save_checkpoint(self._checkpoint(), self.run_dir / report.LAST_CHECKPOINT)
-            report.write_metrics(self.history, self.run_dir)
-            report.plot_curves(self.history, self.run_dir / report.CURVES_PNG, self.metric)
+            try:
+                self._write_epoch(improved, val)
+            except Exception as exc:
+                if not is_disk_full(exc):
+                    raise
+                raise DiskFullError(
+                    errno.ENOSPC,
+                    f"disk full while saving epoch {self.epoch} in {self.run_dir}; every file there is whole "
+                    f"(written atomically). Free some space, then continue with --resume {self.run_dir}",
+                ) from None
         dist.barrier()
+
+    def _write_epoch(self, improved: bool, val: dict) -> None:
+        if improved:
+            recipe = {"config": self.config.to_dict(), "epoch": self.epoch, "val": val}
+            scorer = FinetunedScorer(self.backbone, self.model, recipe=recipe)
+            save_scorer(scorer, self.run_dir / report.BEST_SCORER, tensors=self.best_state)
+        save_checkpoint(self._checkpoint(), self.run_dir / report.LAST_CHECKPOINT)
+        report.write_metrics(self.history, self.run_dir)
+        report.plot_curves(self.history, self.run_dir / report.CURVES_PNG, self.metric)
 
     def finish(self) -> dict | None:
         """Test metrics of the best epoch's weights (when there is a test split); written to results.json."""

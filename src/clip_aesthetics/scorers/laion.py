@@ -16,6 +16,7 @@ OpenAI weights (QuickGELU is resolved by :func:`~clip_aesthetics.backbones.load_
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 
 import torch
@@ -44,6 +45,21 @@ def laion_mlp(input_dim: int = 768) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+def _load_weights_only(path: Path) -> object:
+    """``torch.load`` restricted to tensors and plain containers: a downloaded file must not run code."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # torch's own message advises weights_only=False: never pass that on for a file from the internet.
+        raise ValueError(
+            f"{path} is not a plain state dict (it pickles other Python objects); it was not loaded, since "
+            "loading it unsafely could run arbitrary code: re-save its state_dict() from a trusted source"
+        ) from None
+    except Exception as exc:  # truncated, not a zip or pickle at all, ...
+        reason = str(exc).split(". ")[0].splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(f"{path} is not a readable torch checkpoint ({reason})") from None
+
+
 def read_laion_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The MLP's tensors from a ``.pth`` state dict (or ``.safetensors``), keys ``layers.N.weight/bias``.
 
@@ -55,14 +71,15 @@ def read_laion_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"LAION predictor checkpoint not found: {path}")
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        state = load_file(path)
+        try:
+            state = load_file(path)
+        except SafetensorError as exc:
+            raise ValueError(f"{path} is not a readable safetensors file ({exc})") from None
     else:
-        try:  # weights_only: a checkpoint from the internet must not run code when loaded
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise ValueError(f"{path} is not a readable torch checkpoint: {exc}") from None
+        state = _load_weights_only(path)
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):

@@ -42,6 +42,12 @@ class ProbeHead(nn.Module):
         outputs = 1 if target == "mean" else len(BINS)
         if weight.ndim != 2 or weight.shape[0] != outputs or weight.shape[1] != scaler_mean.shape[0]:
             raise ValueError(f"probe weight has shape {tuple(weight.shape)}, expected ({outputs}, D)")
+        if tuple(bias.shape) != (outputs,):
+            raise ValueError(f"probe bias has shape {tuple(bias.shape)}, expected ({outputs},)")
+        if scaler_mean.ndim != 1 or scaler_std.shape != scaler_mean.shape:
+            raise ValueError(
+                f"probe scaler shapes {tuple(scaler_mean.shape)} / {tuple(scaler_std.shape)}, expected (D,)"
+            )
         self.target = target
         for name, value in (("scaler_mean", scaler_mean), ("scaler_std", scaler_std)):
             self.register_buffer(name, value.detach().float().clone())

@@ -12,11 +12,12 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .. import __version__
 from ..backbones import Backbone, load_backbone
+from ..fileio import read_text
 
 METADATA_KEY = "clip_aesthetics"
 SCORERS: dict[str, type] = {}
@@ -54,22 +55,55 @@ def _umask() -> int:
     return mask
 
 
-def read_scorer_file(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
-    """The config and tensors of a scorer file."""
+def _version(text: object) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in str(text).split(".")[:2])
+    except ValueError:
+        return ()
+
+
+def _checked_config(path: Path, text: str) -> dict:
+    """The parsed config of a scorer file, refused unless it has the shape every loader relies on."""
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: the scorer config is not valid JSON ({exc})") from None
+    if not isinstance(config, dict) or not isinstance(config.get("method"), str):
+        raise ValueError(f"{path}: the scorer config must be a JSON object with a 'method' name")
+    backbone = config.get("backbone")
+    if not isinstance(backbone, dict) or not isinstance(backbone.get("model"), str):
+        raise ValueError(f"{path}: the scorer config must name its backbone as {{'model': ..., ...}}")
+    if _version(config.get("version")) > _version(__version__):
+        raise ValueError(
+            f"{path} was written by clip-aesthetics {config['version']}, newer than this {__version__}; "
+            "upgrade to load it"
+        )
+    return config
+
+
+def read_scorer_file(
+    path: str | os.PathLike, *, config_only: bool = False
+) -> tuple[dict, dict[str, torch.Tensor]]:
+    """The config and tensors (none with ``config_only``) of a scorer file; ValueError if malformed."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"scorer file not found: {path}")
     if path.suffix == ".json":
-        return json.loads(path.read_text(encoding="utf-8")), {}
+        return _checked_config(path, read_text(path)), {}
     if path.suffix != ".safetensors":
         hint = " (a LAION aesthetic head? pass --scorer laion:PATH)" if path.suffix in (".pth", ".pt") else ""
         raise ValueError(f"{path} is not a scorer file: they end in .json or .safetensors{hint}")
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata() or {}
-        if METADATA_KEY not in metadata:
-            raise ValueError(f"{path} is a safetensors file but not a clip-aesthetics scorer (no config)")
-        tensors = {k: handle.get_tensor(k) for k in handle.keys() if k != "_empty"}  # noqa: SIM118 (not a dict)
-    return json.loads(metadata[METADATA_KEY]), tensors
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            if METADATA_KEY not in metadata:
+                raise ValueError(f"{path} is a safetensors file but not a clip-aesthetics scorer (no config)")
+            config = _checked_config(path, metadata[METADATA_KEY])
+            keys = [] if config_only else [k for k in handle.keys() if k != "_empty"]  # noqa: SIM118
+            tensors = {k: handle.get_tensor(k) for k in keys}
+    except SafetensorError as exc:  # truncated or crafted: safetensors' own error is a bare Exception
+        raise ValueError(f"{path} is not a readable safetensors file ({exc})") from None
+    return config, tensors
 
 
 def load_scorer(path: str | os.PathLike, *, device: str | None = None, backbone: Backbone | None = None):
@@ -79,9 +113,12 @@ def load_scorer(path: str | os.PathLike, *, device: str | None = None, backbone:
     if method not in SCORERS:
         raise ValueError(f"{path}: unknown scorer method {method!r} (known: {', '.join(sorted(SCORERS))})")
     cls = SCORERS[method]
-    if backbone is None:
-        backbone = _backbone_for(cls, config["backbone"], device)
-    return cls.from_saved(config, tensors, backbone).eval()
+    try:
+        if backbone is None:
+            backbone = _backbone_for(cls, config["backbone"], device)
+        return cls.from_saved(config, tensors, backbone).eval()
+    except (KeyError, AttributeError, TypeError, IndexError) as exc:  # a field of the wrong shape or missing
+        raise ValueError(f"{path}: malformed {method} scorer config ({type(exc).__name__}: {exc})") from None
 
 
 def _backbone_for(cls: type, spec: dict, device: str | None) -> Backbone:

@@ -1,0 +1,174 @@
+"""Fine-tuning that fails: killed or out of disk in the first epoch, diverging to NaN, a damaged last.pt.
+
+Each ends in one clear message, keeps every finished epoch, and leaves a run that continues or restarts.
+"""
+
+from __future__ import annotations
+
+import errno
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from clip_aesthetics.cli import app
+from clip_aesthetics.datasets import make_synthetic_ava
+from clip_aesthetics.finetune import TrainConfig, finetune, resume_config
+from clip_aesthetics.finetune import checkpoint as checkpoint_module
+from clip_aesthetics.finetune.checkpoint import DiskFullError, is_disk_full, load_checkpoint
+from clip_aesthetics.finetune.train import DivergenceError, Trainer
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: more threads only spin on a busy machine
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def ava(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_synthetic_ava(tmp_path_factory.mktemp("ava") / "AVA_dataset", n=48, seed=3, size=32)
+
+
+def config(dataset: Path, model: str, **overrides) -> TrainConfig:
+    options = dict(
+        dataset=str(dataset), model=model, optimizer="adamw", lr_backbone=1e-3, lr_head=1e-3, batch_size=8,
+        max_epochs=2, split="random", val_fraction=0.25, test_fraction=0.25, workers=0, device="cpu",
+    )  # fmt: skip
+    return TrainConfig(**{**options, **overrides})
+
+
+def _message(result, code: int = 2) -> str:
+    assert result.exit_code == code, result.output
+    assert "Traceback" not in result.output and result.output.count("error:") == 1, result.output
+    return " ".join(result.output[result.output.index("error:") :].split())  # after any epoch lines
+
+
+def _crash_in_epoch(monkeypatch: pytest.MonkeyPatch, epoch: int, error: BaseException) -> None:
+    """Make training die inside epoch ``epoch`` (1-based), as a kill or a crash would."""
+    real = Trainer.train_epoch
+
+    def train_epoch(self: Trainer) -> dict:
+        if self.epoch + 1 == epoch:
+            raise error
+        return real(self)
+
+    monkeypatch.setattr(Trainer, "train_epoch", train_epoch)
+
+
+def test_a_run_killed_in_its_first_epoch_resumes_or_restarts(
+    ava: Path, tiny_clip_spec: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    straight = finetune(config(ava, tiny_clip_spec), tmp_path / "straight")
+    run = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        _crash_in_epoch(patch, 1, KeyboardInterrupt())
+        with pytest.raises(KeyboardInterrupt):
+            finetune(config(ava, tiny_clip_spec), run)
+    assert (run / "config.json").is_file() and not (run / "last.pt").exists()
+    # --resume continues (from the start), and gives the uninterrupted run's numbers
+    resumed = CliRunner().invoke(app, ["finetune", "--resume", str(run)])
+    assert resumed.exit_code == 0, resumed.output
+    history = load_checkpoint(run / "last.pt")["history"]
+    assert [row["val_emd"] for row in history] == pytest.approx([r["val_emd"] for r in straight.history])
+    # and a run killed the same way may simply be started again with its original command
+    again = tmp_path / "again"
+    with monkeypatch.context() as patch:
+        _crash_in_epoch(patch, 1, RuntimeError("killed"))
+        with pytest.raises(RuntimeError):
+            finetune(config(ava, tiny_clip_spec), again)
+    restarted = finetune(config(ava, tiny_clip_spec), again)
+    assert restarted.finished and restarted.history[-1]["val_emd"] == pytest.approx(
+        straight.history[-1]["val_emd"]
+    )
+    with pytest.raises(ValueError, match="already holds a run"):  # a run with a checkpoint stays protected
+        finetune(config(ava, tiny_clip_spec), again)
+
+
+def test_a_diverging_run_stops_with_a_clear_message(ava: Path, tiny_clip_spec: str, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    huge = config(ava, tiny_clip_spec, optimizer="sgd", lr_backbone=1e30, lr_head=1e30)
+    with pytest.raises(DivergenceError, match="NaN or infinite") as err:
+        finetune(huge, run)
+    assert "no epoch had finished" in str(err.value) and not (run / "last.pt").exists()
+
+
+def test_nan_in_a_later_epoch_keeps_the_finished_epochs(
+    ava: Path, tiny_clip_spec: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = tmp_path / "run"
+    real_step = Trainer._step
+
+    def step(self: Trainer, *args) -> torch.Tensor:
+        loss = real_step(self, *args)
+        return loss * float("nan") if self.epoch == 1 else loss  # epoch 2 produces a NaN loss
+
+    monkeypatch.setattr(Trainer, "_step", step)
+    result = CliRunner().invoke(app, ["finetune", str(ava), "-m", tiny_clip_spec, "--out", str(run),
+                                      "--max-epochs", "3", "--batch-size", "8", "--workers", "0",
+                                      "--split", "random", "--device", "cpu"])  # fmt: skip
+    message = _message(result)
+    assert "training diverged" in message and "epoch 2" in message
+    assert f"{run / 'last.pt'} keeps epoch 1" in message
+    assert load_checkpoint(run / "last.pt")["epoch"] == 1
+    assert len((run / "metrics.csv").read_text().splitlines()) == 2  # header + epoch 1
+
+
+@pytest.mark.parametrize("keep", [0, 20, 0.5])
+def test_a_damaged_checkpoint_is_a_one_line_error(
+    ava: Path, tiny_clip_spec: str, tmp_path: Path, keep: float
+) -> None:
+    run = tmp_path / "run"
+    finetune(config(ava, tiny_clip_spec, max_epochs=2), run, stop_after=1)
+    data = (run / "last.pt").read_bytes()
+    (run / "last.pt").write_bytes(data[: int(keep * len(data)) if keep < 1 else keep])
+    with pytest.raises(ValueError, match="is damaged"):
+        load_checkpoint(run / "last.pt")
+    message = _message(CliRunner().invoke(app, ["finetune", "--resume", str(run)]))
+    assert f"{run / 'last.pt'} is damaged (truncated or corrupt" in message and "Errno" not in message
+
+
+def test_disk_full_while_saving_is_reported_and_the_run_continues(
+    ava: Path, tiny_clip_spec: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = tmp_path / "run"
+    real_save = torch.save
+    calls = []
+
+    def save(obj, handle, *args, **kwargs):  # the second checkpoint hits a full disk, as torch reports it
+        calls.append(1)
+        if len(calls) < 2:
+            return real_save(obj, handle, *args, **kwargs)
+        handle.write(b"half a checkpoint")
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError:
+            raise RuntimeError(
+                "[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598"
+            ) from None
+
+    with monkeypatch.context() as patch:
+        patch.setattr(checkpoint_module.torch, "save", save)
+        with pytest.raises(DiskFullError, match="disk full while saving epoch 2") as err:
+            finetune(config(ava, tiny_clip_spec, max_epochs=3), run)
+    assert f"--resume {run}" in str(err.value) and "Errno" not in str(err.value)
+    assert load_checkpoint(run / "last.pt")["epoch"] == 1  # the previous checkpoint is whole
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith(".")) == []  # no temporary files
+    result = finetune(resume_config(run), run, resume=True)
+    assert result.finished and result.epochs == 3
+
+
+def test_disk_full_is_found_in_any_form() -> None:
+    assert is_disk_full(OSError(errno.ENOSPC, "No space left on device"))
+    assert is_disk_full(Exception("No space left on device (os error 28)"))  # safetensors' wording
+    try:
+        try:
+            raise OSError(errno.EDQUOT, "Disk quota exceeded")
+        except OSError:
+            raise RuntimeError("unexpected pos 1 vs 2") from None
+    except RuntimeError as exc:
+        assert is_disk_full(exc)
+    assert not is_disk_full(RuntimeError("unexpected pos 1 vs 2"))
