@@ -209,6 +209,12 @@ def _local_dir_checked(path: str) -> str:
 
 def _load_open_clip(spec: str, pretrained: str | None, quick_gelu: bool | None) -> Backbone:
     kwargs: dict = {}
+    if spec.startswith(("hf-hub:", "local-dir:")) and pretrained is not None:
+        # such a model brings its own weights: a --pretrained (even 'none') would be silently ignored
+        raise ValueError(
+            f"{spec.split(':')[0]}: models bring their own weights: drop --pretrained {pretrained} "
+            "(random weights: name the architecture, e.g. --model ViT-B-32 --pretrained none)"
+        )
     if spec.startswith("hf-hub:"):
         repo = spec.removeprefix("hf-hub:")
         hint = "pass --model local-dir:FOLDER with open_clip_config.json and the weights"

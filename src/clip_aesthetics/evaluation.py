@@ -30,7 +30,7 @@ import numpy as np
 from . import __version__
 from .datasets import ParsedDataset, Record, SplitInfo, load_dataset, split_records
 from .images import DEFAULT_MAX_PIXELS, iter_batches
-from .metrics import bootstrap_ci, compute_metrics, emd, mae, mse, plcc, srcc
+from .metrics import bootstrap_ci, check_threshold, compute_metrics, emd, mae, mse, plcc, srcc
 from .scorers.base import Scorer
 
 EVAL_DATASETS = ("ava", "csv", "aadb", "tad66k", "para", "koniq")
@@ -260,6 +260,9 @@ def evaluate_scorer(
         batch_size, workers, precision, max_pixels, decode, progress: see
             :func:`~clip_aesthetics.images.iter_batches` and :meth:`Scorer.score_images`.
     """
+    check_threshold(threshold, "--threshold")
+    if pred_threshold is not None:
+        check_threshold(pred_threshold, "--pred-threshold")
     unlabelled = sum(1 for r in records if not r.has_label)
     if unlabelled:
         raise ValueError(f"evaluation needs labelled records; {unlabelled} of {len(records)} have no score")

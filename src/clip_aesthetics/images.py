@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -254,6 +255,18 @@ def default_workers(device: torch.device | None = None) -> int:
     return max(1, min(8, cores // 4))
 
 
+def clamp_workers(workers: int) -> int:
+    """``workers`` capped at the cores this process may use (with a warning): more processes than cores
+    only add memory and start-up time, and ``--workers 500`` would start 500 of them."""
+    if workers < 0:
+        raise ValueError(f"--workers must be 0 or more, got {workers}")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if workers > cores:
+        warnings.warn(f"--workers {workers} is more than the {cores} cores here: using {cores}", stacklevel=3)
+        return cores
+    return workers
+
+
 def resolve_decode(decode: str, device: torch.device | None) -> bool:
     """Whether JPEGs are decoded on the device: ``gpu`` requires CUDA, ``auto`` uses it when present."""
     if decode not in ("auto", "cpu", "gpu"):
@@ -295,7 +308,7 @@ def iter_batches(
         decode: ``cpu``, ``gpu`` (nvJPEG; CUDA only) or ``auto`` (GPU when ``device`` is CUDA).
     """
     on_device = resolve_decode(decode, device)
-    workers = default_workers(device) if workers is None else workers
+    workers = default_workers(device) if workers is None else clamp_workers(workers)
     loader = DataLoader(
         _ImageDataset(sources, cfg, max_pixels, draft, device_decode=on_device),
         batch_size=batch_size,

@@ -12,6 +12,7 @@ Conventions:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -64,6 +65,13 @@ def plcc(pred: ArrayLike, true: ArrayLike) -> float:
     return float(stats.pearsonr(p, t).statistic)
 
 
+def check_threshold(value: float, name: str = "threshold") -> float:
+    """``value`` as a float; ValueError unless finite (a NaN threshold calls every image "bad")."""
+    if not math.isfinite(float(value)):
+        raise ValueError(f"{name} must be a finite number, got {value}")
+    return float(value)
+
+
 def accuracy(pred: ArrayLike, true: ArrayLike, threshold: float = 5.0) -> float:
     """Binary accuracy: fraction of images where prediction and truth agree on "good" (score > threshold).
 
@@ -71,6 +79,7 @@ def accuracy(pred: ArrayLike, true: ArrayLike, threshold: float = 5.0) -> float:
     an accuracy near 0.70 is no better than always answering "good".
     """
     p, t = _pair(pred, true)
+    threshold = check_threshold(threshold)
     return float(np.mean((p > threshold) == (t > threshold)))
 
 

@@ -24,6 +24,7 @@ from scipy.stats import rankdata
 
 from .backbones import Backbone
 from .fileio import read_text
+from .metrics import check_threshold
 from .prompts import (
     CLASS_LISTS,
     CONTEXT_TEMPLATE,
@@ -109,6 +110,7 @@ def search_pairs(
     """Evaluate every positive x negative pair under every strategy; rows sorted best first by ``metric``."""
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r} (choose {', '.join(METRICS)})")
+    threshold = check_threshold(threshold)
     index = {a: i for i, a in enumerate(adjectives)}
     true = np.asarray(true, dtype=np.float64)
     true_ranks = rankdata(true)

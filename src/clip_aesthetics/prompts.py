@@ -104,6 +104,9 @@ class PromptGroups:
     def __post_init__(self) -> None:
         if not self.positive or not self.negative:
             raise ValueError("both prompt groups need at least one text")
+        if not all(isinstance(t, str) and t.strip() for t in (*self.positive, *self.negative)):
+            # an empty prompt group scores every image 5.5: refuse it rather than rank noise
+            raise ValueError("prompts must be non-empty texts (got an empty --positive/--negative?)")
 
     def to_dict(self) -> dict:
         return {"positive": list(self.positive), "negative": list(self.negative)}
@@ -117,10 +120,9 @@ class PromptGroups:
 
 
 def _as_texts(value) -> list[str]:
-    texts = [value] if isinstance(value, str) else list(value)
-    if not all(isinstance(t, str) and t.strip() for t in texts):
-        raise ValueError("prompts must be non-empty strings")
-    return texts
+    if not isinstance(value, str | list | tuple):
+        raise ValueError(f"prompts must be a text or a list of texts, not {type(value).__name__}")
+    return [value] if isinstance(value, str) else list(value)
 
 
 def expand(
@@ -169,12 +171,15 @@ def default_prompts(class_names: str = "imagenet") -> PromptGroups:
 def load_prompt_file(path: str | os.PathLike) -> PromptGroups:
     """Read ``{"positive": [...], "negative": [...]}`` from a JSON or YAML file."""
     text = read_text(path)
-    if Path(path).suffix.lower() in (".yaml", ".yml"):
-        import yaml
+    import yaml
 
-        data = yaml.safe_load(text)
-    else:
-        data = json.loads(text)
+    try:
+        data = yaml.safe_load(text) if Path(path).suffix.lower() in (".yaml", ".yml") else json.loads(text)
+    except (yaml.YAMLError, json.JSONDecodeError) as exc:
+        reason = " ".join(str(exc).split())  # YAML's message spans lines: keep it on one
+        raise ValueError(
+            f"{path} is not valid {'JSON' if Path(path).suffix == '.json' else 'YAML'}: {reason}"
+        ) from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping with 'positive' and 'negative' lists")
     return PromptGroups.from_dict(data)

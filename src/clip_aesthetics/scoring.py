@@ -173,8 +173,9 @@ def build_scorer(
         return load_laion_scorer(
             source.removeprefix("laion:"), model=model, pretrained=pretrained, device=device
         )
-    if model is not None or prompts is not None:
+    if model is not None or pretrained is not None or prompts is not None or quick_gelu is not None:
         raise ValueError(
-            "a scorer file names its own backbone and prompts: drop --model/--positive/--negative"
+            "a scorer file names its own backbone, weights and prompts: "
+            "drop --model/--pretrained/--positive/--negative"
         )
     return load_scorer(source, device=device)

@@ -11,6 +11,7 @@ from rich.table import Table
 from ..backbones import DEFAULT_MODEL, load_backbone
 from ..features.cache import load_features
 from ..features.embed import DatasetSpec, embed_dataset
+from ..metrics import check_threshold
 from ..prompt_search import (
     METRICS,
     STRATEGIES,
@@ -69,6 +70,7 @@ def search(
     chosen = tuple(s.strip() for s in strategies.split(",") if s.strip())
     if not chosen or set(chosen) - set(STRATEGIES):
         raise ValueError(f"--strategies takes a comma-separated subset of {', '.join(STRATEGIES)}")
+    check_threshold(threshold, "--threshold")
     positives = load_word_list(positive, POSITIVE_ADJECTIVES)
     negatives = load_word_list(negative, NEGATIVE_ADJECTIVES)
     words = contents_for(contents)

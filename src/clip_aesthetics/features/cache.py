@@ -96,9 +96,17 @@ def read_manifest(out: str | os.PathLike) -> dict | None:
     path = Path(out) / MANIFEST
     if not path.is_file():
         return None
-    manifest = json.loads(path.read_text(encoding="utf-8"))
-    if manifest.get("format") != CACHE_FORMAT:
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path} is damaged ({exc}); rebuild the cache with --overwrite") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != CACHE_FORMAT:
         raise ValueError(f"{path} is not a clip-aesthetics feature cache manifest")
+    shapes = {"shards": list, "errors": list, "feature": dict}
+    wrong = [key for key, kind in shapes.items() if not isinstance(manifest.get(key), kind)]
+    if wrong or not isinstance(manifest["feature"].get("dim"), int):
+        what = ", ".join(wrong) if wrong else "feature.dim"
+        raise ValueError(f"{path} is damaged (no valid {what}); rebuild the cache with --overwrite")
     return manifest
 
 

@@ -52,8 +52,8 @@ def _load_weights_only(path: Path) -> object:
     except pickle.UnpicklingError:
         # torch's own message advises weights_only=False: never pass that on for a file from the internet.
         raise ValueError(
-            f"{path} is not a plain state dict (it pickles other Python objects); it was not loaded, since "
-            "loading it unsafely could run arbitrary code: re-save its state_dict() from a trusted source"
+            f"{path} is not a plain state dict (it pickles other Python objects) and must not be loaded "
+            "unsafely: unpickling it could run arbitrary code. Re-save its state_dict() where it is trusted"
         ) from None
     except Exception as exc:  # truncated, not a zip or pickle at all, ...
         reason = str(exc).split(". ")[0].splitlines()[0] if str(exc) else type(exc).__name__
