@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import os
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -154,12 +154,14 @@ class LoadedBatch:
     """Decoded images of one batch; ``indices`` say which inputs they are, ``errors`` which failed.
 
     With device decoding, ``encoded`` holds the (index, JPEG bytes, EXIF orientation) still to decode.
+    With an ``analyse`` function, ``analyses[k]`` is its result for the image ``indices[k]``.
     """
 
     indices: list[int]
     images: torch.Tensor
     errors: list[tuple[int, str]] = field(default_factory=list)
     encoded: list[tuple[int, torch.Tensor, int]] = field(default_factory=list)
+    analyses: list = field(default_factory=list)  # analyse(source, image) per decoded image, see iter_batches
 
     def pin_memory(self) -> LoadedBatch:  # called by the DataLoader's pinning thread
         self.images = self.images.pin_memory()
@@ -175,12 +177,14 @@ class _ImageDataset(Dataset):
         sources: Sequence[ImageSource],
         cfg: PreprocessConfig,
         max_pixels: int,
-        draft: bool,
+        draft: bool | int,
         device_decode: bool = False,
+        analyse: Callable[[ImageSource, Image.Image], object] | None = None,
     ):
-        self.sources, self.cfg, self.max_pixels = sources, cfg, max_pixels
+        self.sources, self.cfg, self.max_pixels, self.analyse = sources, cfg, max_pixels, analyse
         # twice the resize target: DCT scaling then a bicubic resize from >= 2x stays close to full decoding
-        self.draft_size = 2 * cfg.resize_size if draft else None
+        floor = 0 if isinstance(draft, bool) else draft  # an analysis may need more pixels than the model
+        self.draft_size = max(2 * cfg.resize_size, floor) if draft else None
         self.device_decode = device_decode
 
     def __len__(self) -> int:
@@ -194,6 +198,8 @@ class _ImageDataset(Dataset):
                 return index, None, None, *encoded
         try:
             image = open_image(source, self.max_pixels, self.draft_size)
+            if self.analyse is not None:  # before the crop: the analysis sees the whole (drafted) image
+                return index, (prepare(image, self.cfg), self.analyse(source, image)), None, None, 1
             return index, prepare(image, self.cfg), None, None, 1
         except ImageLoadError as exc:
             return index, None, str(exc), None, 1
@@ -213,11 +219,13 @@ class _ImageDataset(Dataset):
 
 
 def _collate(items: list[_Item]) -> LoadedBatch:
+    analyses = [(i, t[1]) for i, t, _, _, _ in items if isinstance(t, tuple)]
+    items = [(i, t[0] if isinstance(t, tuple) else t, *rest) for i, t, *rest in items]
     good = [(i, t) for i, t, _, _, _ in items if t is not None]
     errors = [(i, e) for i, _, e, _, _ in items if e is not None]
     encoded = [(i, data, orientation) for i, _, _, data, orientation in items if data is not None]
     images = torch.stack([t for _, t in good]) if good else torch.empty(0, 3, 0, 0, dtype=torch.uint8)
-    return LoadedBatch([i for i, _ in good], images, errors, encoded)
+    return LoadedBatch([i for i, _ in good], images, errors, encoded, [a for _, a in analyses])
 
 
 def _finish_on_device(
@@ -286,12 +294,13 @@ def iter_batches(
     batch_size: int = 64,
     workers: int | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
-    draft: bool = True,
+    draft: bool | int = True,
     pin_memory: bool = False,
     progress: bool | None = None,
     description: str = "images",
     device: torch.device | None = None,
     decode: str = "cpu",
+    analyse: Callable[[ImageSource, Image.Image], object] | None = None,
 ) -> Iterator[LoadedBatch]:
     """Decode ``sources`` in worker processes and yield them in order as uint8 batches.
 
@@ -301,16 +310,20 @@ def iter_batches(
         batch_size: images per batch.
         workers: decoding processes (0 = in this process; default: see :func:`default_workers`).
         max_pixels: decompression-bomb guard, see :func:`open_image`.
-        draft: let JPEGs decode at reduced scale when larger than the model needs.
+        draft: let JPEGs decode at reduced scale when larger than the model needs; a number keeps at
+            least that many pixels on each side too (for ``analyse``).
         pin_memory: pin batches for faster host-to-GPU copies.
         progress: show a progress bar (default: when stderr is a terminal).
         device: where the model runs; with device decoding, batches arrive there already.
         decode: ``cpu``, ``gpu`` (nvJPEG; CUDA only) or ``auto`` (GPU when ``device`` is CUDA).
+        analyse: a picklable ``f(source, decoded RGB image)`` run in the decoding worker on the whole
+            image before it is resized for the model (e.g. sharpness, thumbnails), so that nothing is
+            decoded twice; results arrive in ``batch.analyses``. Decoding then stays on the CPU.
     """
-    on_device = resolve_decode(decode, device)
+    on_device = resolve_decode(decode, device) and analyse is None
     workers = default_workers(device) if workers is None else clamp_workers(workers)
     loader = DataLoader(
-        _ImageDataset(sources, cfg, max_pixels, draft, device_decode=on_device),
+        _ImageDataset(sources, cfg, max_pixels, draft, device_decode=on_device, analyse=analyse),
         batch_size=batch_size,
         num_workers=workers,
         collate_fn=_collate,

@@ -5,6 +5,7 @@ from .finetuned import FinetunedScorer
 from .laion import LaionScorer, load_laion_scorer
 from .probe import ProbeHead, ProbeScorer
 from .registry import load_scorer, read_scorer_file, register_scorer, save_scorer
+from .taste import TasteScorer
 from .zeroshot import ZeroShotScorer
 
 __all__ = [
@@ -15,6 +16,7 @@ __all__ = [
     "ProbeScorer",
     "ScoreOutput",
     "Scorer",
+    "TasteScorer",
     "ZeroShotScorer",
     "load_laion_scorer",
     "load_scorer",

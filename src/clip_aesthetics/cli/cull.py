@@ -1,0 +1,151 @@
+"""`clip-aesthetics cull`, `taste fit` and `app`: culling a shoot, learning a taste, reviewing in a browser.
+
+Heavy modules (torch, the models, the web server) are imported inside the commands, so that
+``clip-aesthetics --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from .app import EXIT_NOTHING_DONE, app, console, err_console, fail, user_errors
+
+taste_app = typer.Typer(no_args_is_help=True, help="Learn your own taste from your ratings.")
+app.add_typer(taste_app, name="taste")
+
+MODEL_HELP = "Backbone: ViT-B-32, hf-hub:org/repo, local-dir:PATH (default: the scorer's)."
+
+
+def _scorer(scorer_file, model, pretrained, positive, negative, prompts, device):
+    """The scorer a command ranks with; it must score image embeddings (they are cached per shoot)."""
+    from ..scoring import build_scorer
+    from .score import prompt_groups
+
+    groups = prompt_groups(positive, negative, prompts)
+    scorer = build_scorer(
+        scorer_file or "zeroshot", model=model, pretrained=pretrained, prompts=groups, device=device
+    )
+    if not hasattr(scorer, "score_features"):
+        raise ValueError(
+            f"{scorer.method} scorers work on pixels, not on image embeddings: cull with a zero-shot, probe, "
+            "taste or LAION scorer"
+        )
+    return scorer
+
+
+def _scores(scorer, features):
+    import torch
+
+    return scorer.score_features(torch.from_numpy(features)).score.numpy().astype(float)
+
+
+@app.command()
+@user_errors
+def cull(
+    folder: Path = typer.Argument(..., help="The shoot: a folder of photos (walked recursively)."),
+    output: Path = typer.Option(..., "--output", "-o", help="groups.csv (or .jsonl, .parquet)."),
+    xmp: bool = typer.Option(False, "--xmp", help="Write 1-5 stars (score percentile) to XMP sidecars."),
+    reject_duplicates: bool = typer.Option(
+        False, "--reject-duplicates", help="With --xmp: mark the non-best frames of each group rejected."
+    ),
+    overwrite_ratings: bool = typer.Option(
+        False,
+        "--overwrite-ratings",
+        help="With --xmp: replace ratings already in sidecars (kept by default).",
+    ),
+    similarity: float = typer.Option(
+        0.92, min=-1, max=1, help="Cosine similarity from which frames are alike."
+    ),
+    max_gap: float = typer.Option(10.0, min=0, help="Most seconds between two frames of a burst."),
+    scorer_file: str = typer.Option(None, "--scorer", help="A scorer file (probe, taste, laion:PATH)."),
+    model: str = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+    pretrained: str = typer.Option(None, help="Weights: a tag (default openai), a file, or 'none'."),
+    positive: list[str] = typer.Option(None, "--positive", help="Positive prompt text (repeatable)."),
+    negative: list[str] = typer.Option(None, "--negative", help="Negative prompt text (repeatable)."),
+    prompts: Path = typer.Option(None, help="JSON or YAML file with 'positive' and 'negative' lists."),
+    batch_size: int = typer.Option(32, min=1, help="Images per model call."),
+    workers: int = typer.Option(None, min=0, help="Decoding processes (default: a few)."),
+    device: str = typer.Option("auto", help="auto (CUDA if present), cpu, cuda, ..."),
+    precision: str = typer.Option("auto", help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16, fp16."),
+) -> None:
+    """Group bursts and near-duplicates, pick the best frame of each, optionally rate in XMP sidecars."""
+    from ..culling.cull import cull_rows, write_sidecars
+    from ..culling.shoot import analyse_folder
+    from ..scoring import errors_path_for, write_rows
+
+    if (reject_duplicates or overwrite_ratings) and not xmp:
+        raise fail("--reject-duplicates and --overwrite-ratings change sidecars: add --xmp")
+    scorer = _scorer(scorer_file, model, pretrained, positive, negative, prompts, device)
+    shoot = analyse_folder(
+        folder, scorer.backbone, batch_size=batch_size, workers=workers, precision=precision
+    )
+    for error in shoot.errors:
+        err_console.print(
+            f"[yellow]skipped[/yellow] {folder / error['rel']}: {error['error']}", highlight=False
+        )
+    if not shoot.frames:
+        raise fail(f"no readable photos under {folder}", EXIT_NOTHING_DONE)
+    rows = cull_rows(shoot, _scores(scorer, shoot.features), similarity=similarity, max_gap=max_gap)
+    write_rows(rows, output)
+    if shoot.errors:
+        errors = [{"path": str(folder / e["rel"]), "error": e["error"]} for e in shoot.errors]
+        write_rows(errors, errors_path_for(output).with_suffix(".csv"))
+    groups = len({row["group"] for row in rows})
+    line = f"{len(rows)} photos in {groups} groups, unreadable {len(shoot.errors)}; wrote {output}"
+    if xmp:
+        report = write_sidecars(rows, reject_duplicates=reject_duplicates, overwrite=overwrite_ratings)
+        for error in report.errors:
+            err_console.print(f"[yellow]sidecar not written[/yellow] {error['error']}", highlight=False)
+        line += f"; sidecars written {report.written}, existing ratings kept {report.kept}"
+        line += f", failed {len(report.errors)}" if report.errors else ""
+    console.print(line, highlight=False, soft_wrap=True)
+
+
+@taste_app.command("fit")
+@user_errors
+def taste_fit(
+    folders: list[Path] = typer.Argument(..., help="Folders of photos you have rated (XMP sidecars)."),
+    output: Path = typer.Option(..., "--output", "-o", help="The scorer file to write (.safetensors)."),
+    ratings: Path = typer.Option(None, help="A CSV with 'path' and 'rating' columns (beats sidecars)."),
+    model: str = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+    pretrained: str = typer.Option(None, help="Weights: a tag (default openai), a file, or 'none'."),
+    positive: list[str] = typer.Option(None, "--positive", help="Generic score: positive prompts."),
+    negative: list[str] = typer.Option(None, "--negative", help="Generic score: negative prompts."),
+    prompts: Path = typer.Option(None, help="Generic score: a prompts file."),
+    batch_size: int = typer.Option(32, min=1, help="Images per model call."),
+    workers: int = typer.Option(None, min=0, help="Decoding processes (default: a few)."),
+    device: str = typer.Option("auto", help="auto (CUDA if present), cpu, cuda, ..."),
+    precision: str = typer.Option("auto", help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16, fp16."),
+) -> None:
+    """Fit a scorer to your own ratings (xmp:Rating or a CSV); usable as `score --scorer FILE`."""
+    import numpy as np
+
+    from ..culling.shoot import analyse_folder
+    from ..culling.taste import fit_taste, ratings_for, read_ratings_csv, taste_scorer
+    from ..scorers.registry import save_scorer
+
+    if output.suffix != ".safetensors":
+        raise fail(f"the taste head is a .safetensors scorer file, not {output.name!r}")
+    prior = _scorer(None, model, pretrained, positive, negative, prompts, device)
+    csv_ratings = read_ratings_csv(ratings) if ratings else None
+    paths, features = [], []
+    for folder in folders:
+        shoot = analyse_folder(
+            folder, prior.backbone, batch_size=batch_size, workers=workers, precision=precision
+        )
+        paths += [shoot.path(i) for i in range(len(shoot.frames))]
+        features.append(shoot.features)
+    stars = ratings_for(paths, csv_ratings)
+    rated = [i for i, value in enumerate(stars) if value is not None]
+    x = np.concatenate(features)[rated]
+    fit = fit_taste(x, _scores(prior, x), np.array([stars[i] for i in rated]))
+    scorer = taste_scorer(prior, fit)
+    save_scorer(scorer, output, scorer.tensors())
+    console.print(
+        f"{fit.n} rated photos of {len(paths)}: cross-validated SRCC {fit.cv_srcc:.3f} for your taste head "
+        f"vs {fit.generic_srcc:.3f} for the generic score; wrote {output}",
+        highlight=False,
+        soft_wrap=True,
+    )

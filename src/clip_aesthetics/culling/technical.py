@@ -1,0 +1,70 @@
+"""Technical checks of a frame: sharpness and clipped highlights and shadows.
+
+Sharpness is the variance of the Laplacian of the grey image resized to a fixed scale (short side
+:data:`SHARPNESS_SCALE` pixels), so frames of one shoot compare whatever their resolution. Motion blur and
+missed focus remove the fine detail the Laplacian responds to, so a blurred copy of a frame scores a
+fraction of the sharp one. The value depends on the scene (foliage is "sharper" than sky), so it is only
+compared between frames of one burst; see :func:`clip_aesthetics.culling.grouping.pick_best`.
+
+Clipping is the fraction of pixels at the ends of the 8-bit range in every channel (blown to white) or in
+every channel at the bottom (crushed to black).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+SHARPNESS_SCALE = 448  # short side in pixels; the image pipeline decodes JPEGs at least this large
+HIGHLIGHT_LEVEL, SHADOW_LEVEL = 250, 5
+HIGHLIGHT_LIMIT, SHADOW_LIMIT = 0.02, 0.05  # fractions of the frame above which it is flagged
+
+
+@dataclass(frozen=True)
+class Technical:
+    sharpness: float
+    highlights: float  # fraction of pixels clipped to white
+    shadows: float  # fraction of pixels crushed to black
+
+    @property
+    def flags(self) -> list[str]:
+        """``highlights`` / ``shadows`` when more of the frame than the limits is clipped."""
+        flags = []
+        if self.highlights > HIGHLIGHT_LIMIT:
+            flags.append("highlights")
+        if self.shadows > SHADOW_LIMIT:
+            flags.append("shadows")
+        return flags
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def at_fixed_scale(image: Image.Image) -> Image.Image:
+    """``image`` resized (antialiased) so that its short side is :data:`SHARPNESS_SCALE` pixels."""
+    width, height = image.size
+    factor = SHARPNESS_SCALE / min(width, height)
+    size = (max(1, round(width * factor)), max(1, round(height * factor)))
+    return image if size == image.size else image.resize(size, Image.Resampling.LANCZOS)
+
+
+def sharpness(image: Image.Image) -> float:
+    """Variance of the Laplacian of the grey image at the fixed scale (0-255 grey levels)."""
+    grey = np.asarray(at_fixed_scale(image).convert("L"), dtype=np.float64)
+    return float(ndimage.laplace(grey, mode="reflect").var())
+
+
+def clipping(image: Image.Image) -> tuple[float, float]:
+    """Fractions of pixels blown out (every channel >= 250) and crushed (every channel <= 5)."""
+    rgb = np.asarray(image.convert("RGB"))
+    blown = (rgb >= HIGHLIGHT_LEVEL).all(axis=2).mean()
+    crushed = (rgb <= SHADOW_LEVEL).all(axis=2).mean()
+    return float(blown), float(crushed)
+
+
+def technical(image: Image.Image) -> Technical:
+    """Sharpness and clipping of one decoded RGB image."""
+    return Technical(sharpness(image), *clipping(image))
