@@ -146,3 +146,29 @@ def test_percentile_stars_by_quintile() -> None:
     # ranks from the bottom 1..10 -> percentiles 0.05..0.95 -> quintiles
     assert percentile_stars(scores).tolist() == [2, 1, 3, 1, 5, 2, 3, 4, 5, 4]
     assert percentile_stars(np.array([5.0])).tolist() == [3]
+
+
+def decoded_size(source, image: Image.Image) -> tuple[int, int]:
+    """A picklable analysis for the decoding workers: the size the worker decoded."""
+    return image.size
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_iter_batches_runs_the_analysis_where_it_decodes(tmp_path: Path, workers: int) -> None:
+    from clip_aesthetics.backbones import PreprocessConfig
+    from clip_aesthetics.images import iter_batches
+
+    photo(1, (1800, 1200)).save(tmp_path / "a.jpg")
+    photo(2, (90, 60)).save(tmp_path / "b.png")
+    (tmp_path / "c.jpg").write_bytes(b"broken")
+    sources = [str(tmp_path / n) for n in ("a.jpg", "c.jpg", "b.png")]
+    cfg = PreprocessConfig(size=32, resize_size=32)
+    for draft, large in ((True, (225, 150)), (400, (900, 600))):  # JPEG DCT scaling: 1/8, then 1/2
+        found, errors = {}, []
+        for batch in iter_batches(
+            sources, cfg, batch_size=2, workers=workers, draft=draft, analyse=decoded_size
+        ):
+            found.update(zip(batch.indices, batch.analyses, strict=True))
+            errors += [i for i, _ in batch.errors]
+            assert tuple(batch.images.shape[1:]) == (3, 32, 32)
+        assert found == {0: large, 2: (90, 60)} and errors == [1]

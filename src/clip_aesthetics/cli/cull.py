@@ -149,3 +149,45 @@ def taste_fit(
         highlight=False,
         soft_wrap=True,
     )
+
+
+@app.command("app")
+@user_errors
+def review_app(
+    folder: Path = typer.Argument(..., help="The shoot to review: a folder of photos."),
+    port: int = typer.Option(8765, min=1, max=65535, help="Port to serve on."),
+    host: str = typer.Option("127.0.0.1", help="Address to bind (the default is this machine only)."),
+    scorer_file: str = typer.Option(None, "--scorer", help="A scorer file (probe, taste, laion:PATH)."),
+    model: str = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+    pretrained: str = typer.Option(None, help="Weights: a tag (default openai), a file, or 'none'."),
+    positive: list[str] = typer.Option(None, "--positive", help="Positive prompt text (repeatable)."),
+    negative: list[str] = typer.Option(None, "--negative", help="Negative prompt text (repeatable)."),
+    prompts: Path = typer.Option(None, help="JSON or YAML file with 'positive' and 'negative' lists."),
+    batch_size: int = typer.Option(32, min=1, help="Images per model call."),
+    workers: int = typer.Option(None, min=0, help="Decoding processes (default: a few)."),
+    device: str = typer.Option("auto", help="auto (CUDA if present), cpu, cuda, ..."),
+    precision: str = typer.Option("auto", help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16, fp16."),
+) -> None:
+    """Review a shoot in your browser: ranked stacks, keyboard ratings into XMP sidecars, learn your taste."""
+    import socket
+
+    from ..app.server import serve
+    from ..app.session import ReviewSession
+
+    if not folder.is_dir():
+        raise fail(f"not a folder: {folder}")
+    try:  # a busy port is a one-line error here, not a server log after the model has loaded
+        with socket.create_server((host, port)):
+            pass
+    except OSError as exc:
+        raise fail(f"cannot serve on {host}:{port} ({exc.strerror}): choose another --port") from None
+    scorer = _scorer(scorer_file, model, pretrained, positive, negative, prompts, device)
+    session = ReviewSession(folder, scorer, batch_size=batch_size, workers=workers, precision=precision)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        err_console.print(
+            f"[yellow]warning:[/yellow] anyone who can reach {host}:{port} can see and rate these photos"
+        )
+    console.print(
+        f"Reviewing {folder} at http://{host}:{port}/ (Ctrl+C stops)", highlight=False, soft_wrap=True
+    )
+    serve(session, host, port)

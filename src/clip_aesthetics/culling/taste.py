@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..metrics import srcc
-from .xmp import read_labels
+from .xmp import Labels, read_labels
 
 MIN_RATINGS = 10
 FOLDS = 5
@@ -51,7 +51,11 @@ class TasteFit:
 
 def rating_of(image: str | os.PathLike) -> float | None:
     """Stars 0-5 from a photo's sidecar (a reject is 0); None when it is unrated."""
-    labels = read_labels(image)
+    return stars_of(read_labels(image))
+
+
+def stars_of(labels: Labels) -> float | None:
+    """The rating a taste is learned from: stars 0-5, a reject 0; None when unrated."""
     if labels.rejected:
         return 0.0
     return float(labels.rating) if labels.rating and labels.rating > 0 else None

@@ -1,0 +1,1 @@
+"""The review app: a local web page over a shoot (`clip-aesthetics app FOLDER`)."""
