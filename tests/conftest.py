@@ -15,6 +15,7 @@ _SESSION_DIR = Path(tempfile.mkdtemp(prefix="clip-aesthetics-tests-"))
 os.environ["HF_HUB_CACHE"] = str(_SESSION_DIR / "hf-cache")
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["CLIP_AESTHETICS_CACHE"] = str(_SESSION_DIR / "cache")
+os.environ["CLIP_AESTHETICS_CPU_BF16"] = "0"  # auto = fp32 on any CPU: tests compare with open_clip exactly
 
 import numpy as np  # noqa: E402
 import open_clip  # noqa: E402

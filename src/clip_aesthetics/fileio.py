@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -157,3 +158,29 @@ def check_writable(path: str | os.PathLike) -> Path:
         raise type(exc)(exc.errno, f"cannot write {path}: {exc.strerror}") from None
     probe.unlink()
     return path
+
+
+def text_name(name: str | os.PathLike) -> str:
+    """A file name as valid UTF-8 text, for output files and the console.
+
+    Names are bytes on Linux and need not be UTF-8; Python keeps undecodable bytes as surrogate escapes
+    (PEP 383), which no UTF-8 file (CSV, JSON, Parquet) can hold. Each such byte is written as ``\\xNN``
+    (NN >= 80, Python's ``backslashreplace``); every other name is returned unchanged.
+    :func:`name_from_text` reverses it.
+    """
+    name = os.fspath(name)
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
+_ESCAPED_BYTE = re.compile(r"\\x([89a-f][0-9a-f])")
+
+
+def name_from_text(text: str) -> str:
+    """The file name :func:`text_name` wrote (each ``\\xNN``, NN >= 80, back to its byte), for open()."""
+    if "\\x" not in text:
+        return text
+    return _ESCAPED_BYTE.sub(lambda m: chr(0xDC00 + int(m[1], 16)), text)  # PEP 383: byte b -> U+DC00+b

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 
 from . import __version__
+from .fileio import atomic_write_text, name_from_text
 from .images import DEFAULT_MAX_PIXELS, open_image
 
 if TYPE_CHECKING:
@@ -55,6 +56,8 @@ def make_thumbnail(
 ) -> Thumbnail:
     """A JPEG data URI of an image scaled to ``size`` pixels on its long side; never raises."""
     try:
+        if isinstance(source, str):  # a path as written in results (names that are not UTF-8 escaped)
+            source = name_from_text(source)
         image = open_image(source, DEFAULT_MAX_PIXELS, draft_size=size)
         image.thumbnail((size, size), Image.Resampling.BICUBIC, reducing_gap=2.0)
         buffer = io.BytesIO()
@@ -86,13 +89,7 @@ def write_html(html: str, path: str | os.PathLike) -> Path:
     """Write a report atomically: a reader never sees half a file, a failed write leaves the old one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_text(html, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return atomic_write_text(path, html)
 
 
 def _h(value: Any) -> str:

@@ -1,4 +1,10 @@
-"""Bulk scoring: run a scorer over many images through the shared pipeline, rank, and write the results."""
+"""Bulk scoring: run a scorer over many images through the shared pipeline, rank, and write the results.
+
+:func:`iter_scored` is the pipeline every bulk scoring job shares: it streams :class:`ScoredBatch` objects
+(scores, optionally image embeddings, and the inputs that could not be scored) to whatever sink a caller
+has: :func:`score_paths` keeps them in memory and ranks them, :mod:`~clip_aesthetics.score_run` writes
+them to resumable part files.
+"""
 
 from __future__ import annotations
 
@@ -6,22 +12,26 @@ import csv
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from .fileio import atomic_path, atomic_write, text_name
 from .images import DEFAULT_MAX_PIXELS, ImageSource, iter_batches
 from .prompts import PromptGroups
-from .scorers.base import Scorer
+from .scorers.base import ScoreOutput, Scorer, autocast, resolve_precision
 
 OUTPUT_FORMATS = (".csv", ".jsonl", ".parquet")
+NON_FINITE = "non-finite score"  # the reason given for an image whose score is NaN or infinite
+BASE_COLUMNS = ["path", "score", "rank", "label"]
 
 
 @dataclass
 class ScoreReport:
-    """Results of a scoring run: rows ranked best first, plus the inputs that could not be read."""
+    """Results of a scoring run: rows ranked best first, plus the inputs that could not be scored."""
 
     rows: list[dict]
     errors: list[dict]
@@ -37,11 +47,77 @@ class ScoreReport:
         return (len(self.rows) + len(self.errors)) / self.seconds if self.seconds > 0 else float("nan")
 
 
-def _source_name(source: ImageSource, index: int) -> str:
-    return f"<bytes #{index}>" if isinstance(source, bytes) else str(source)
+@dataclass
+class ScoredBatch:
+    """One batch of :func:`iter_scored`: positions (in the run's sources) of the scored inputs, their
+    scores (CPU float32), their image embeddings (float32, when asked) and the ``(position, reason)`` of
+    inputs that could not be scored (unreadable, or a :data:`NON_FINITE` score)."""
+
+    positions: list[int]
+    output: ScoreOutput
+    features: np.ndarray | None = None
+    errors: list[tuple[int, str]] = field(default_factory=list)
 
 
-def score_paths(
+def source_name(source: ImageSource, index: int) -> str:
+    return f"<bytes #{index}>" if isinstance(source, bytes) else os.fspath(source)
+
+
+def check_embeddings_supported(scorer: Scorer) -> None:
+    """Raise ValueError unless the scorer scores image embeddings (zero-shot, probe, LAION)."""
+    if not hasattr(scorer, "score_features"):
+        raise ValueError(
+            f"a {scorer.method} scorer does not score image embeddings (it runs its own image tower): "
+            "--embeddings and --from-embeddings need a zero-shot, probe or LAION scorer"
+        )
+
+
+@torch.inference_mode()
+def score_with_features(
+    scorer: Scorer, images: torch.Tensor, precision: str
+) -> tuple[ScoreOutput, np.ndarray]:
+    """Scores and image embeddings of a uint8 batch in one pass (the scores equal ``score_images``'s)."""
+    with autocast(scorer.device, precision):
+        features = scorer.backbone.encode_image(scorer.backbone.normalize(images))
+        output = scorer.score_features(features)
+    cpu = ScoreOutput(
+        *(None if t is None else t.float().cpu() for t in (output.score, output.distribution, output.raw))
+    )
+    return cpu, features.float().cpu().numpy()
+
+
+def finite_mask(output: ScoreOutput) -> np.ndarray:
+    """True where every value the scorer gave for an image (score, raw, distribution) is finite."""
+    ok = torch.isfinite(output.score)
+    if output.raw is not None:
+        ok &= torch.isfinite(output.raw)
+    if output.distribution is not None:
+        ok &= torch.isfinite(output.distribution).all(dim=1)
+    return ok.numpy()
+
+
+def split_non_finite(batch: ScoredBatch) -> ScoredBatch:
+    """Move inputs with a NaN or infinite score into the batch's errors, as :data:`NON_FINITE`."""
+    ok = finite_mask(batch.output)
+    if ok.all():
+        return batch
+    keep = torch.from_numpy(ok)
+    output = ScoreOutput(
+        *(
+            None if t is None else t[keep]
+            for t in (batch.output.score, batch.output.distribution, batch.output.raw)
+        )
+    )
+    bad = [(p, NON_FINITE) for p, good in zip(batch.positions, ok, strict=True) if not good]
+    return ScoredBatch(
+        [p for p, good in zip(batch.positions, ok, strict=True) if good],
+        output,
+        None if batch.features is None else batch.features[ok],
+        sorted(batch.errors + bad),
+    )
+
+
+def iter_scored(
     scorer: Scorer,
     sources: Sequence[ImageSource],
     *,
@@ -52,17 +128,17 @@ def score_paths(
     draft: bool = True,
     progress: bool | None = None,
     decode: str = "auto",
-) -> ScoreReport:
-    """Score images (paths or encoded bytes) in batches; rows sorted best first with ``rank`` 1..N.
+    embeddings: bool = False,
+) -> Iterator[ScoredBatch]:
+    """Score ``sources`` (paths or encoded bytes) batch by batch, in order; see :class:`ScoredBatch`.
 
-    Unreadable inputs do not stop the run: they are returned in ``errors`` with their reason.
-    ``decode`` is ``auto`` (nvJPEG on CUDA, else the CPU), ``cpu`` or ``gpu``; see :func:`iter_batches`.
+    ``precision`` ``auto`` is bf16 on CUDA and on CPUs with native bf16, else fp32; ``decode`` is ``auto``
+    (nvJPEG on CUDA), ``cpu`` or ``gpu`` (see :func:`iter_batches`); ``embeddings`` also returns each image's
+    embedding (the scorer must score embeddings, see :func:`check_embeddings_supported`).
     """
-    start = time.perf_counter()
-    scores = np.full(len(sources), np.nan, dtype=np.float64)
-    raws = np.full(len(sources), np.nan, dtype=np.float64)
-    distributions: dict[int, list[float]] = {}
-    errors: list[dict] = []
+    precision = resolve_precision(scorer.device, precision, cpu_bf16=True)
+    if embeddings:
+        check_embeddings_supported(scorer)
     for batch in iter_batches(
         sources,
         scorer.backbone.preprocess_cfg,
@@ -76,21 +152,45 @@ def score_paths(
         device=scorer.device,
         decode=decode,
     ):
-        errors.extend({"path": _source_name(sources[i], i), "error": reason} for i, reason in batch.errors)
         if not batch.indices:
+            yield ScoredBatch([], ScoreOutput(torch.empty(0)), None, list(batch.errors))
             continue
-        output = scorer.score_images(batch.images, precision)
-        scores[batch.indices] = output.score.numpy()
-        if output.raw is not None:
-            raws[batch.indices] = output.raw.numpy()
-        if output.distribution is not None:
-            distributions.update(zip(batch.indices, output.distribution.numpy().tolist(), strict=True))
-    rows = _ranked_rows(scorer, sources, scores, raws, distributions)
+        if embeddings:
+            output, features = score_with_features(scorer, batch.images, precision)
+        else:
+            output, features = scorer.score_images(batch.images, precision), None
+        yield split_non_finite(ScoredBatch(list(batch.indices), output, features, list(batch.errors)))
+
+
+def score_paths(scorer: Scorer, sources: Sequence[ImageSource], **options) -> ScoreReport:
+    """Score images (paths or encoded bytes) in memory; rows sorted best first with ``rank`` 1..N.
+
+    Inputs that cannot be scored do not stop the run: they are returned in ``errors`` with their reason
+    (unreadable, or a non-finite score). Options: those of :func:`iter_scored`. For runs too large to keep
+    in memory, or that must survive a kill, use :class:`~clip_aesthetics.score_run.ScoreRun`.
+    """
+    start = time.perf_counter()
+    scores = np.full(len(sources), np.nan, dtype=np.float64)
+    raws = np.full(len(sources), np.nan, dtype=np.float64)
+    distributions: dict[int, list[float]] = {}
+    errors: list[dict] = []
+    for batch in iter_scored(scorer, sources, **options):
+        errors.extend({"path": source_name(sources[i], i), "error": reason} for i, reason in batch.errors)
+        if not batch.positions:
+            continue
+        scores[batch.positions] = batch.output.score.numpy()
+        if batch.output.raw is not None:
+            raws[batch.positions] = batch.output.raw.numpy()
+        if batch.output.distribution is not None:
+            distributions.update(
+                zip(batch.positions, batch.output.distribution.numpy().tolist(), strict=True)
+            )
+    rows = _ranked_rows(scorer.label_threshold, sources, scores, raws, distributions)
     return ScoreReport(rows, errors, time.perf_counter() - start, scorer.config())
 
 
 def _ranked_rows(
-    scorer: Scorer,
+    threshold: float,
     sources: Sequence[ImageSource],
     scores: np.ndarray,
     raws: np.ndarray,
@@ -98,11 +198,10 @@ def _ranked_rows(
 ) -> list[dict]:
     scored = np.flatnonzero(~np.isnan(scores))
     order = scored[np.argsort(-scores[scored], kind="stable")]  # ties keep input order
-    threshold = scorer.label_threshold
     rows = []
     for rank, index in enumerate(order, start=1):
         row = {
-            "path": _source_name(sources[index], index),
+            "path": source_name(sources[index], index),
             "score": float(scores[index]),
             "rank": rank,
             "label": "good" if scores[index] > threshold else "bad",
@@ -115,34 +214,83 @@ def _ranked_rows(
     return rows
 
 
-def write_rows(rows: list[dict], path: str | os.PathLike) -> Path:
-    """Write rows as CSV, JSON lines or Parquet, chosen by the file extension."""
+def check_output_format(path: str | os.PathLike) -> Path:
+    """``path`` if its extension names a results format, else ValueError."""
     path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in OUTPUT_FORMATS:
-        raise ValueError(f"output must end in {', '.join(OUTPUT_FORMATS)}, not {path.name!r}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    columns = list(dict.fromkeys(key for row in rows for key in row)) or ["path", "score", "rank", "label"]
-    if suffix == ".csv":
-        with path.open("w", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows(rows)
-    elif suffix == ".jsonl":
-        with path.open("w", encoding="utf-8") as handle:
-            handle.writelines(json.dumps(row) + "\n" for row in rows)
-    else:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        pq.write_table(pa.Table.from_pylist(rows) if rows else pa.table({c: [] for c in columns}), path)
+    if path.suffix.lower() not in OUTPUT_FORMATS:
+        raise ValueError(f"output must end in {', '.join(OUTPUT_FORMATS)}, not {text_name(path.name)!r}")
     return path
 
 
+def write_rows(rows: list[dict], path: str | os.PathLike) -> Path:
+    """Write rows as CSV, JSON lines or Parquet (by the extension), atomically; see :func:`write_table`."""
+    import pyarrow as pa
+
+    check_output_format(path)
+    columns = list(dict.fromkeys(key for row in rows for key in row)) or BASE_COLUMNS
+    rows = [{**row, "path": text_name(row["path"])} if "path" in row else row for row in rows]
+    table = pa.Table.from_pylist(rows) if rows else pa.table({c: pa.array([], pa.string()) for c in columns})
+    return write_table(table, path)
+
+
+def write_table(table, path: str | os.PathLike, chunk_rows: int = 65536) -> Path:
+    """Write an Arrow table as CSV, JSON lines or Parquet, chosen by the extension, atomically.
+
+    CSV and JSON lines are converted ``chunk_rows`` at a time, so memory stays that of the table. A
+    ``path`` column is written as text with :func:`~clip_aesthetics.fileio.text_name` (names that are not
+    UTF-8 get ``\\xNN`` escapes). A failure (a full disk) leaves the previous file intact.
+    """
+    path = check_output_format(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = path.suffix.lower()
+    table = _text_paths(table)
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        with atomic_path(path) as tmp:
+            pq.write_table(table, tmp)
+        return path
+    chunks = (rows for batch in table.to_batches(max_chunksize=chunk_rows) for rows in [batch.to_pylist()])
+    if suffix == ".csv":
+        return atomic_write(path, lambda handle: _write_csv(handle, table.column_names, chunks))
+    return atomic_write(path, lambda handle: _write_jsonl(handle, chunks))
+
+
+def _write_csv(handle, columns: list[str], chunks: Iterable[list[dict]]) -> None:
+    writer = csv.DictWriter(handle, fieldnames=columns)
+    writer.writeheader()
+    for rows in chunks:
+        writer.writerows(rows)
+
+
+def _write_jsonl(handle, chunks: Iterable[list[dict]]) -> None:
+    for rows in chunks:
+        handle.writelines(json.dumps({k: v for k, v in row.items() if v is not None}) + "\n" for row in rows)
+
+
+def _text_paths(table):
+    """The ``path`` column as UTF-8 text (binary or surrogate-escaped names through ``text_name``)."""
+    import pyarrow as pa
+
+    if "path" not in table.column_names:
+        return table
+    column = table.column("path")
+    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        return table
+    names = [None if b is None else text_name(os.fsdecode(b)) for b in column.to_pylist()]
+    return table.set_column(table.column_names.index("path"), "path", pa.array(names, pa.string()))
+
+
 def errors_path_for(output: str | os.PathLike) -> Path:
-    """``ranked.csv`` -> ``ranked.errors.csv``: where a run lists the files it could not read."""
+    """``ranked.csv`` -> ``ranked.errors.csv``: where a run lists the files it could not score."""
     output = Path(output)
     return output.with_name(f"{output.stem}.errors.csv")
+
+
+def embeddings_path_for(output: str | os.PathLike) -> Path:
+    """``ranked.csv`` -> ``ranked.embeddings.parquet``: the image embeddings of a run, by path."""
+    output = Path(output)
+    return output.with_name(f"{output.stem}.embeddings.parquet")
 
 
 def build_scorer(

@@ -8,7 +8,9 @@ from collections.abc import Callable
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
+from ..fileio import text_name
 from ..images import ImageLoadError
 from ..weights import WeightsNotFoundError
 
@@ -18,8 +20,10 @@ app = typer.Typer(
     add_completion=False,
     help="Image aesthetic assessment with CLIP: score, evaluate, probe and fine-tune.",
 )
-console = Console()
-err_console = Console(stderr=True)
+# Every path, prompt and message is plain text: markup is off, so a file named "[red]x.jpg" or
+# "empty[/bold].jpg" prints as it is and can never raise rich's MarkupError. Styles are given explicitly.
+console = Console(markup=False, highlight=False)
+err_console = Console(stderr=True, markup=False, highlight=False)
 
 # Errors a user can act on: shown as one line, never as a traceback.
 USER_ERRORS = (
@@ -32,12 +36,18 @@ USER_ERRORS = (
 )
 EXIT_NOTHING_DONE = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
     """Print ``error: message`` on stderr; return the Exit to raise."""
-    err_console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    err_console.print(Text.assemble(("error:", "red"), " ", text_name(message)), soft_wrap=True)
     return typer.Exit(code)
+
+
+def warn(label: str, message: str) -> None:
+    """Print ``label message`` on stderr, the label in yellow, the message as plain text."""
+    err_console.print(Text.assemble((label, "yellow"), " ", text_name(message)))
 
 
 def user_errors(command: Callable) -> Callable:

@@ -16,7 +16,7 @@ from ..datasets.records import DEFAULT_MANIFEST
 from ..evaluation import EVAL_DATASETS
 from ..fileio import check_writable
 from ..images import DEFAULT_MAX_PIXELS, iter_batches
-from .app import app, console, err_console, user_errors
+from .app import app, console, err_console, user_errors, warn
 
 datasets_app = typer.Typer(no_args_is_help=True, help="Dataset tools: check that every image can be read.")
 app.add_typer(datasets_app, name="datasets")
@@ -113,7 +113,7 @@ def verify(
         dataset, root, batch_size=batch_size, workers=workers, max_pixels=max_pixels, manifest=manifest
     )
     for image_id, reason in list(sorted(result.broken.items()))[:SHOW_BROKEN]:
-        err_console.print(f"[yellow]broken[/yellow] {image_id}: {reason}", highlight=False)
+        warn("broken", f"{image_id}: {reason}")
     if len(result.broken) > SHOW_BROKEN:
         err_console.print(
             f"... and {len(result.broken) - SHOW_BROKEN} more (see the manifest)", highlight=False

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from .app import EXIT_NOTHING_DONE, app, console, err_console, fail, user_errors
+from .app import EXIT_NOTHING_DONE, app, console, err_console, fail, user_errors, warn
 
 SHOW_FAILED = 10
 PROBE_METRICS = ("srcc", "plcc", "accuracy", "mse", "emd")
@@ -55,13 +55,16 @@ def embed(
     ),
     workers: int = typer.Option(None, min=0, help="Decoding processes (default: depends on the device)."),
     device: str = typer.Option("auto", help="auto (CUDA if present), cpu, cuda, cuda:1, ..."),
-    precision: str = typer.Option("auto", help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16, fp16."),
+    precision: str = typer.Option(
+        "auto", help="auto (bf16 on CUDA and on CPUs with native bf16, else fp32), fp32, bf16, fp16."
+    ),
     decode: str = typer.Option("auto", help="JPEG decoding: auto (nvJPEG on CUDA), cpu, gpu."),
     overwrite: bool = typer.Option(False, help="Rebuild a cache made with another model or dataset."),
 ) -> None:
     """Embed every image of a dataset into a resumable feature cache (float16 shards + Parquet + manifest)."""
     from ..backbones import load_backbone
     from ..features import DatasetSpec, embed_dataset
+    from ..scorers.base import resolve_precision
 
     spec = DatasetSpec(dataset, str(root), split, parse_fractions(fractions), val_fraction, split_seed)
     backbone = load_backbone(model, pretrained, device=device)
@@ -72,14 +75,12 @@ def embed(
         batch_size=batch_size,
         shard_size=shard_size,
         workers=workers,
-        precision=precision,
+        precision=resolve_precision(backbone.device, precision, cpu_bf16=True),
         decode=decode,
         overwrite=overwrite,
     )
     for error in report.errors[:SHOW_FAILED]:
-        err_console.print(
-            f"[yellow]failed[/yellow] {error['id']} ({error['path']}): {error['reason']}", highlight=False
-        )
+        warn("failed", f"{error['id']} ({error['path']}): {error['reason']}")
     if len(report.errors) > SHOW_FAILED:
         err_console.print(f"... and {len(report.errors) - SHOW_FAILED} more (listed in {out}/manifest.json)")
     console.print(
@@ -136,4 +137,4 @@ def _print_fit(fit: dict) -> None:
         table.add_row(split, str(metrics["n"]), *("-" if v is None or v != v else f"{v:.3f}" for v in values))
     console.print(table)
     if selection.get("at_grid_edge"):
-        err_console.print("[yellow]warning:[/yellow] the chosen alpha is at the edge of the grid searched")
+        warn("warning:", "the chosen alpha is at the edge of the grid searched")

@@ -28,7 +28,7 @@ from ..prompts import PromptGroups
 from ..report import render_evaluation_report, write_html
 from ..scorers.base import Scorer
 from ..scoring import build_scorer
-from .app import EXIT_NOTHING_DONE, app, console, err_console, fail, user_errors
+from .app import EXIT_NOTHING_DONE, app, console, err_console, fail, user_errors, warn
 from .score import prompt_groups
 
 METHODS = ("zeroshot", "probe", "finetune")
@@ -130,9 +130,7 @@ def print_results(named: list[tuple[str, EvaluationResult]], title: str) -> None
 
 def _report_failed(result: EvaluationResult) -> None:
     for item in result.failed[:SHOW_FAILED]:
-        err_console.print(
-            f"[yellow]failed[/yellow] {item['id']} ({item['path']}): {item['reason']}", highlight=False
-        )
+        warn("failed", f"{item['id']} ({item['path']}): {item['reason']}")
     if result.n_failed > SHOW_FAILED:
         err_console.print(f"... and {result.n_failed - SHOW_FAILED} more (listed in the metrics file)")
 

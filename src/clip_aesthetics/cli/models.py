@@ -5,6 +5,7 @@ from __future__ import annotations
 import open_clip
 import timm
 from rich.table import Table
+from rich.text import Text
 
 from ..weights import cached_hub_file
 from .app import app, console
@@ -63,7 +64,7 @@ def models() -> None:
     for column in ("model", "pretrained", "offline", "what", "Hugging Face repo"):
         table.add_column(column)
     for row in backbone_rows():
-        offline = "[green]yes[/green]" if row["offline"] else "no"
+        offline = Text("yes", style="green") if row["offline"] else "no"
         table.add_row(row["model"], row["pretrained"] or "-", offline, row["what"], row["repo"])
     console.print(table)
     console.print(

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import typer
 from rich.table import Table
 
-from ..images import DEFAULT_MAX_PIXELS, find_images
+from ..fileio import text_name
+from ..images import DEFAULT_MAX_PIXELS, find_images, resolve_decode
 from ..prompts import PromptGroups, PromptRecipe, expand, load_prompt_file
 from ..report import DEFAULT_MAX_THUMBNAILS, render_score_report, write_html
-from ..scoring import build_scorer, errors_path_for, score_paths, write_rows
-from .app import EXIT_NOTHING_DONE, app, console, err_console, fail, user_errors
+from ..score_run import Outputs, ScoreInterrupted, ScoreRun, default_part_rows
+from ..scorers.base import resolve_precision
+from ..scoring import NON_FINITE, ScoreReport, build_scorer, iter_scored
+from ..stored_embeddings import StoredEmbeddings
+from .app import EXIT_INTERRUPTED, EXIT_NOTHING_DONE, app, console, err_console, fail, user_errors, warn
 
 
 def prompt_groups(
@@ -42,7 +47,7 @@ def default_prompts_over(contents: str) -> PromptGroups:
 @app.command()
 @user_errors
 def score(
-    paths: list[Path] = typer.Argument(..., help="Image files or folders (walked recursively)."),
+    paths: list[Path] = typer.Argument(None, help="Image files or folders (walked recursively)."),
     model: str = typer.Option(
         None, "--model", "-m", help="Backbone: ViT-B-32, hf-hub:org/repo, local-dir:PATH."
     ),
@@ -63,9 +68,23 @@ def score(
         "(open_clip's), a file, or a,b.",
     ),
     output: Path = typer.Option(None, "--output", "-o", help="Ranked results: .csv, .jsonl or .parquet."),
+    embeddings: bool = typer.Option(
+        False, "--embeddings", help="Also keep each image's embedding: OUTPUT-STEM.embeddings.parquet."
+    ),
+    from_embeddings: Path = typer.Option(
+        None, "--from-embeddings", help="Score a --embeddings file instead of images (no image is read)."
+    ),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Start over, discarding the parts of an unfinished run."
+    ),
     batch_size: int = typer.Option(64, min=1, help="Images per model call."),
+    part_size: int = typer.Option(
+        None, min=1, help="Results per part file, a multiple of --batch-size (default: about 1024)."
+    ),
     device: str = typer.Option("auto", help="auto (CUDA if present), cpu, cuda, cuda:1, ..."),
-    precision: str = typer.Option("auto", help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16, fp16."),
+    precision: str = typer.Option(
+        "auto", help="auto (bf16 on CUDA and on CPUs with native bf16, else fp32), fp32, bf16, fp16."
+    ),
     decode: str = typer.Option("auto", help="JPEG decoding: auto (nvJPEG on CUDA), cpu, gpu."),
     workers: int = typer.Option(None, min=0, help="Decoding processes (default: one per core, at most 8)."),
     top: int = typer.Option(10, min=0, help="How many of the best images to show."),
@@ -77,53 +96,114 @@ def score(
         DEFAULT_MAX_THUMBNAILS, min=0, help="Embed thumbnails for at most this many best images."
     ),
 ) -> None:
-    """Score and rank photos by aesthetic quality (zero-shot by default: 'outstanding' vs 'horrible')."""
+    """Score and rank photos by aesthetic quality (zero-shot by default: 'outstanding' vs 'horrible').
+
+    Results are written in parts as batches finish (in .OUTPUT.parts/ beside the output); rerunning the
+    same command after an interruption continues where it stopped.
+    """
     groups = prompt_groups(positive, negative, prompts, contents)
-    files = find_images(paths)
-    if not files:
-        raise fail(f"no image files found under {', '.join(map(str, paths))}", EXIT_NOTHING_DONE)
+    outputs = Outputs(output, html, embeddings)
+    outputs.validate()  # before any model or image is loaded
+    stored, files = _inputs(paths, from_embeddings, embeddings)
+    names = stored.names if stored else [str(f) for f in files]
+    if not names:
+        where = text_name(from_embeddings) if stored else ", ".join(map(text_name, paths))
+        raise fail(f"no image files found under {where}", EXIT_NOTHING_DONE)
+    if stored and not (scorer_file or model):  # zero-shot on stored embeddings: the model that made them
+        model, pretrained = (
+            (stored.info.get("backbone") or {}).get("model"),
+            (stored.info.get("backbone") or {}).get("pretrained"),
+        )
     scorer = build_scorer(
         scorer_file or "zeroshot", model=model, pretrained=pretrained, prompts=groups, device=device
     )
-    report = score_paths(
-        scorer,
-        files,
-        batch_size=batch_size,
-        workers=workers,
-        precision=precision,
-        max_pixels=max_pixels,
-        decode=decode,
+    part_rows = part_size or default_part_rows(batch_size)
+    if part_rows % batch_size:
+        raise ValueError(f"--part-size ({part_rows}) must be a multiple of --batch-size ({batch_size})")
+    if stored:
+        stored.check_scorer(scorer)
+        options = {"batch_size": batch_size, "embeddings_file": stored.identity()}
+        batches = functools.partial(stored.batches, scorer, batch_size=batch_size)
+    else:
+        options = {
+            "batch_size": batch_size,
+            "precision": resolve_precision(scorer.device, precision, cpu_bf16=True),
+            "decode": "gpu" if resolve_decode(decode, scorer.device) else "cpu",
+            "max_pixels": max_pixels,
+        }
+        pipeline = dict(batch_size=batch_size, workers=workers, max_pixels=max_pixels, embeddings=embeddings)
+        pipeline.update(precision=options["precision"], decode=decode)
+        batches = lambda order: iter_scored(scorer, [files[i] for i in order], **pipeline)  # noqa: E731
+    run = ScoreRun(
+        names,
+        scorer.config(),
+        outputs,
+        options=options,
+        part_rows=part_rows,
+        label_threshold=scorer.label_threshold,
+        feature_dim=scorer.backbone.feature_dim,
+        embedding_info={"backbone": scorer.backbone.describe(), **options},
+        overwrite=overwrite,
     )
-    for error in report.errors:
-        err_console.print(f"[yellow]skipped[/yellow] {error['path']}: {error['error']}", highlight=False)
-    if output is not None:
-        write_rows(report.rows, output)
-        if report.errors:
-            write_rows(report.errors, errors_path_for(output).with_suffix(".csv"))
+    if run.n_done:
+        err_console.print(
+            f"continuing an interrupted run: {run.n_done} of {len(names)} already scored "
+            f"(in {text_name(run.folder)}; --overwrite starts over)"
+        )
+    try:
+        result = run.run(batches, top=top, keep_rows=html is not None)
+    except ScoreInterrupted as exc:
+        raise fail(str(exc), EXIT_INTERRUPTED) from None
+    for error in result.errors:
+        warn("skipped", f"{error['path']}: {error['error']}")
     if html is not None:
-        title = f"Aesthetic scores: {', '.join(map(str, paths))}"
-        write_html(render_score_report(report, title=title, max_thumbnails=html_limit), html)
-    _summary(report, top, output, html)
-    if not report.rows:
-        raise fail(f"none of the {len(files)} images could be read", EXIT_NOTHING_DONE)
+        report = ScoreReport(result.rows or [], result.errors, result.seconds, scorer.config())
+        title = (
+            f"Aesthetic scores: {text_name(from_embeddings) if stored else ', '.join(map(text_name, paths))}"
+        )
+        result.written.append(
+            write_html(render_score_report(report, title=title, max_thumbnails=html_limit), html)
+        )
+    _summary(result, top)
+    if not result.n_scored:
+        raise fail(_nothing_scored(result), EXIT_NOTHING_DONE)
 
 
-def _summary(report, top: int, output: Path | None, html: Path | None = None) -> None:
-    if top and report.rows:
-        table = Table(title=f"Top {min(top, len(report.rows))} of {len(report.rows)}")
+def _inputs(paths: list[Path] | None, from_embeddings: Path | None, embeddings: bool):
+    """(stored embeddings, None) or (None, image files) from the arguments."""
+    if from_embeddings is not None:
+        if paths:
+            raise ValueError("give either image paths or --from-embeddings FILE, not both")
+        if embeddings:
+            raise ValueError("--embeddings with --from-embeddings: the embeddings are already stored")
+        return StoredEmbeddings.open(from_embeddings), None
+    if not paths:
+        raise ValueError("give image files or folders to score (or --from-embeddings FILE)")
+    return None, find_images(paths)
+
+
+def _nothing_scored(result) -> str:
+    if result.n_non_finite:
+        return f"none of the {result.n_inputs} images got a score: {NON_FINITE} for {result.n_non_finite}" + (
+            f", {result.n_unreadable} unreadable" if result.n_unreadable else ""
+        )
+    return f"none of the {result.n_inputs} images could be read"
+
+
+def _summary(result, top: int) -> None:
+    if top and result.top_rows:
+        table = Table(title=f"Top {len(result.top_rows)} of {result.n_scored}")
         for column in ("rank", "score", "label", "path"):
             table.add_column(column, justify="right" if column in ("rank", "score") else "left")
-        for row in report.rows[:top]:
+        for row in result.top_rows:
             table.add_row(str(row["rank"]), f"{row['score']:.3f}", row["label"], row["path"])
         console.print(table)
-    line = (
-        f"scored {report.n_scored}, unreadable {len(report.errors)}, "
-        f"{report.seconds:.1f} s, {report.images_per_second:.1f} images/s"
-    )
-    if output is not None:
-        line += f"; wrote {output}"
-        if report.errors:
-            line += f" and {errors_path_for(output).with_suffix('.csv')}"
-    if html is not None:
-        line += f"; HTML report {html}"
-    console.print(line, highlight=False)
+    line = f"scored {result.n_scored}, unreadable {result.n_unreadable}"
+    if result.n_non_finite:
+        line += f", {NON_FINITE} {result.n_non_finite}"
+    if result.n_resumed:
+        line += f" ({result.n_resumed} from the interrupted run)"
+    line += f", {result.seconds:.1f} s, {result.images_per_second:.1f} images/s"
+    if result.written:
+        line += "; wrote " + ", ".join(text_name(p) for p in result.written)
+    console.print(line)

@@ -7,8 +7,11 @@ on labelled data, is part of the scorer: it changes PLCC and MSE, never a rankin
 
 from __future__ import annotations
 
+import functools
+import os
 from contextlib import nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -108,12 +111,41 @@ class Scorer(nn.Module):
         )
 
 
-def resolve_precision(device: torch.device, precision: str) -> str:
-    """``auto`` means bf16 on CUDA and fp32 elsewhere."""
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX), where a bf16 tower runs ~2x fp32.
+
+    ``CLIP_AESTHETICS_CPU_BF16=0`` answers no (keeps ``auto`` at fp32, e.g. to match open_clip exactly),
+    ``=1`` answers yes.
+    """
+    forced = os.environ.get("CLIP_AESTHETICS_CPU_BF16", "").strip()
+    if forced in ("0", "1"):
+        return forced == "1"
+    return _cpuinfo_bf16()
+
+
+@functools.cache
+def _cpuinfo_bf16() -> bool:
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:  # not Linux: keep fp32 (exact) rather than guess
+        return False
+    flags = {word for line in text.splitlines() if line.startswith("flags") for word in line.split()}
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def resolve_precision(device: torch.device, precision: str, *, cpu_bf16: bool = False) -> str:
+    """``auto`` means bf16 on CUDA; on a CPU, bf16 when ``cpu_bf16`` is asked and the CPU computes bf16
+    natively (:func:`cpu_has_native_bf16`), else fp32.
+
+    Bulk scoring and embedding pass ``cpu_bf16=True`` (speed first); measurements (evaluate, reproduce,
+    prompt search) keep ``auto`` at fp32 on CPUs so their numbers match open_clip's.
+    """
     if precision not in ("auto", "fp32", "bf16", "fp16"):
         raise ValueError(f"unknown precision {precision!r} (choose auto, fp32, bf16 or fp16)")
     if precision == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
+        if device.type == "cuda" or (device.type == "cpu" and cpu_bf16 and cpu_has_native_bf16()):
+            return "bf16"
+        return "fp32"
     return precision
 
 
