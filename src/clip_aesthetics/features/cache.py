@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 from .. import __version__
 from ..backbones import Backbone
 from ..datasets import Record
+from ..fileio import name_from_text, text_name
 from ..scorers.base import resolve_precision
 
 CACHE_FORMAT = "clip-aesthetics-features"
@@ -48,7 +49,9 @@ def feature_kind(backbone: Backbone) -> str:
 
 def _ids_digest(records: Sequence[Record]) -> str:
     """Digest of the ids in order: shards are defined by position, so the order matters."""
-    return hashlib.sha256("\n".join(r.id for r in records).encode()).hexdigest()[:16]
+    return hashlib.sha256("\n".join(r.id for r in records).encode("utf-8", "surrogateescape")).hexdigest()[
+        :16
+    ]
 
 
 def cache_plan(
@@ -158,8 +161,8 @@ def _shard_table(records: Sequence[Record], splits: Sequence[str | None], errors
         ok = offset not in errors
         rows.append(
             {
-                "id": record.id,
-                "path": None if record.path is None else str(record.path),
+                "id": text_name(record.id),  # names that are not UTF-8: \xNN escapes (fileio.text_name)
+                "path": None if record.path is None else text_name(record.path),
                 "split": split,
                 "mean": record.mean,
                 **dict(zip(VOTE_COLUMNS, votes, strict=True)),
@@ -326,8 +329,8 @@ def load_features(cache: str | os.PathLike) -> FeatureSet:
     means = np.array([np.nan if m is None else m for m in column("mean")], dtype=np.float64)
     return FeatureSet(
         features=features,
-        ids=column("id"),
-        paths=column("path"),
+        ids=[name_from_text(i) for i in column("id")],
+        paths=[None if p is None else name_from_text(p) for p in column("path")],
         splits=np.array(column("split"), dtype=object),
         means=means,
         votes=votes.astype(np.int64) if has_votes else None,

@@ -126,10 +126,14 @@ def cpu_has_native_bf16() -> bool:
 @functools.cache
 def _cpuinfo_bf16() -> bool:
     try:
-        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+        return bf16_in_cpu_flags(Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace"))
     except OSError:  # not Linux: keep fp32 (exact) rather than guess
         return False
-    flags = {word for line in text.splitlines() if line.startswith("flags") for word in line.split()}
+
+
+def bf16_in_cpu_flags(cpuinfo: str) -> bool:
+    """Whether ``/proc/cpuinfo`` text lists AVX512-BF16 or AMX-BF16."""
+    flags = {word for line in cpuinfo.splitlines() if line.startswith("flags") for word in line.split()}
     return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
