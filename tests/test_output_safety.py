@@ -237,3 +237,36 @@ def test_score_auto_uses_bf16_where_native(photo_dir: Path, tiny_clip_spec: str,
         report = scoring.score_paths(scorer, paths, workers=0, progress=False, precision=precision)
         rows[env, precision] = [r["score"] for r in report.rows]
     assert rows["1", "auto"] == rows["1", "bf16"] and rows["1", "auto"] != rows["0", "auto"]
+
+
+def test_evaluate_outputs_refused_before_any_work(tmp_path: Path) -> None:
+    dataset = tmp_path / "no-dataset-needed"  # the output checks come before the dataset is read
+    (tmp_path / "folder.json").mkdir()
+    metrics = tmp_path / "m.json"
+    metrics.write_text("previous")
+    for extra in (
+        ["--output", tmp_path / "folder.json"],
+        ["--output", metrics, "--predictions", tmp_path / "m.csv", "--html", tmp_path / "folder.json"],
+    ):
+        result = run("evaluate", dataset, *extra)
+        assert result.exit_code == 2 and "dataset not found" not in result.output, result.output
+    assert metrics.read_text() == "previous"
+
+
+def test_evaluate_failed_write_keeps_previous_predictions(tmp_path: Path, monkeypatch) -> None:
+    from clip_aesthetics import evaluation
+
+    target = tmp_path / "preds.csv"
+    target.write_text("previous")
+
+    class Broken:  # a result whose rows fail half-way, as a full disk would
+        raw = pred_dist = None
+        scored = (0, 1)
+
+        @property
+        def records(self):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError):
+        evaluation.write_predictions(Broken(), target)
+    assert target.read_text() == "previous" and [p.name for p in tmp_path.iterdir()] == ["preds.csv"]

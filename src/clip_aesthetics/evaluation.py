@@ -18,7 +18,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ import numpy as np
 
 from . import __version__
 from .datasets import ParsedDataset, Record, SplitInfo, load_dataset, split_records
+from .fileio import atomic_path, atomic_write, atomic_write_text, text_name
 from .images import DEFAULT_MAX_PIXELS, iter_batches
 from .metrics import bootstrap_ci, check_threshold, compute_metrics, emd, mae, mse, plcc, srcc
 from .scorers.base import Scorer
@@ -288,16 +288,18 @@ def write_predictions(result: EvaluationResult, path: Path | str) -> Path:
     header = ["id", "path", "true_mean", "pred_score"]
     header += ["pred_raw"] if result.raw is not None else []
     header += [f"pred_{k}" for k in range(1, N_BINS + 1)] if result.pred_dist is not None else []
-    with path.open("w", newline="", encoding="utf-8") as handle:
+
+    def write(handle) -> None:
         writer = csv.writer(handle)
         writer.writerow(header)
         for i in result.scored:  # rows are written as they are formed: nothing per image is held here
             rec = result.records[i]
-            row = [rec.id, str(rec.path), repr(float(rec.mean)), repr(float(result.pred[i]))]
+            row = [text_name(rec.id), text_name(rec.path), repr(float(rec.mean)), repr(float(result.pred[i]))]
             row += [repr(float(result.raw[i]))] if result.raw is not None else []
             row += [repr(float(x)) for x in result.pred_dist[i]] if result.pred_dist is not None else []
             writer.writerow(row)
-    return path
+
+    return atomic_write(path, write)
 
 
 def package_versions() -> dict[str, str]:
@@ -329,10 +331,7 @@ def write_json(document: dict[str, Any], path: Path | str) -> Path:
     """Write a JSON document atomically (NaN/inf become null, so the file is strict JSON)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(_json_safe(document), indent=2, allow_nan=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, json.dumps(_json_safe(document), indent=2, allow_nan=False) + "\n")
 
 
 def _json_safe(value: Any) -> Any:
@@ -367,7 +366,8 @@ def plot_evaluation(result: EvaluationResult, out_dir: Path | str, title: str = 
     ax.scatter(true, pred, s=4, alpha=min(1.0, max(0.05, 300 / max(idx.size, 1))), linewidths=0)
     ax.set(xlabel="true mean score", ylabel="predicted score", title=heading)
     scatter = out / "scatter.png"
-    fig.savefig(scatter, bbox_inches="tight")
+    with atomic_path(scatter) as tmp:
+        fig.savefig(tmp, bbox_inches="tight", format="png")
 
     fig = Figure(figsize=(7, 4.5), dpi=100)
     ax = fig.add_subplot()
@@ -380,7 +380,8 @@ def plot_evaluation(result: EvaluationResult, out_dir: Path | str, title: str = 
     ax.set(xlabel="score", ylabel="images", title=heading)
     ax.legend()
     histogram = out / "histogram.png"
-    fig.savefig(histogram, bbox_inches="tight")
+    with atomic_path(histogram) as tmp:
+        fig.savefig(tmp, bbox_inches="tight", format="png")
     return [scatter, histogram]
 
 

@@ -184,3 +184,29 @@ def name_from_text(text: str) -> str:
     if "\\x" not in text:
         return text
     return _ESCAPED_BYTE.sub(lambda m: chr(0xDC00 + int(m[1], 16)), text)  # PEP 383: byte b -> U+DC00+b
+
+
+def check_outputs(*paths: str | os.PathLike | None) -> None:
+    """Refuse, before any work, output files that could only fail after it.
+
+    Each given path must not be a folder, must be distinct from the others, and its nearest existing
+    folder must be writable.
+
+    Raises:
+        ValueError: a path is a folder, or two paths name the same file.
+        PermissionError: a path could not be created.
+    """
+    files = [Path(p) for p in paths if p is not None]
+    for path in files:
+        if path.is_dir():
+            raise ValueError(f"{text_name(path)} is a folder: give a file name")
+    resolved = [os.path.realpath(p) for p in files]
+    for i, real in enumerate(resolved):
+        if real in resolved[:i]:
+            raise ValueError(f"two outputs name the same file {text_name(files[i])}: give each its own name")
+    for path in files:
+        folder = path.parent
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+            raise PermissionError(f"cannot write {text_name(path)}: {text_name(folder)} is not writable")

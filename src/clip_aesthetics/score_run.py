@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 
 from . import __version__
 from .features.cache import _first_difference
-from .fileio import atomic_path, atomic_write_json, text_name
+from .fileio import atomic_path, atomic_write_json, check_outputs, text_name
 from .scoring import (
     BASE_COLUMNS,
     NON_FINITE,
@@ -256,30 +256,17 @@ class Outputs:
             check_output_format(self.output)
         if self.embeddings and self.output is None:
             raise ValueError("--embeddings needs --output: they are written beside it")
-        files = [p for p in (self.output, self.html) if p is not None]
+        files = [self.output, self.html]
         if self.output is not None:
-            files += [errors_path_for(self.output), *([embeddings_path_for(self.output)] * self.embeddings)]
-        for path in files:
-            if path.is_dir():
-                raise ValueError(f"{text_name(path)} is a folder: give a file name")
-        resolved = [os.path.realpath(p) for p in files]
-        if len(set(resolved)) < len(resolved):
-            raise ValueError("--output and --html name the same file (or its errors file): give two names")
-        for path in files:
-            check_writable(path)
+            files += [
+                errors_path_for(self.output),
+                embeddings_path_for(self.output) if self.embeddings else None,
+            ]
+        check_outputs(*files)
 
     def parts_folder(self) -> Path | None:
         anchor = self.output or self.html
         return None if anchor is None else parts_folder_for(anchor)
-
-
-def check_writable(path: Path) -> None:
-    """Raise OSError when ``path`` could not be created (its nearest existing folder is not writable)."""
-    folder = path.parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
-        raise PermissionError(f"cannot write {text_name(path)}: {text_name(folder)} is not writable")
 
 
 def run_state(scorer_config: dict, names: Sequence[str], options: dict, part_rows: int) -> dict:

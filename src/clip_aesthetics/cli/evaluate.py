@@ -23,6 +23,7 @@ from ..evaluation import (
     write_json,
     write_predictions,
 )
+from ..fileio import atomic_write_text, check_outputs
 from ..images import DEFAULT_MAX_PIXELS
 from ..prompts import PromptGroups
 from ..report import render_evaluation_report, write_html
@@ -188,6 +189,7 @@ def evaluate(
     _check_suffix(output, ".json", "--output")
     _check_suffix(predictions, ".csv", "--predictions")
     _check_suffix(html, ".html", "--html")
+    check_outputs(output, predictions, html, plots / "scatter.png" if plots else None)
     resolve_method(method, scorer_file)
     groups = prompt_groups(positive, negative, prompts)
     _check_file_options(scorer_file, model, pretrained, groups)
@@ -312,6 +314,7 @@ def compare(
     """Evaluate several scorers on the same split and write one table (Markdown, and JSON with --json)."""
     _check_suffix(output, ".md", "--output")
     _check_suffix(json_output, ".json", "--json")
+    check_outputs(output, json_output)
     scorer_files = scorer_files or []
     if not scorer_files and not zeroshot:
         raise ValueError("nothing to compare: give --scorer FILE (repeatable) and/or --zeroshot")
@@ -348,7 +351,8 @@ def _write_comparison(
 ) -> None:
     rows = [comparison_row(name, result) for name, result in named]
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(markdown_table(rows), encoding="utf-8")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(output, markdown_table(rows))
     written = [output]
     if json_output is not None:
         document = {**evaluation_set.describe(), "threshold": threshold, "rows": rows}
