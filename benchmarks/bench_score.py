@@ -4,8 +4,9 @@ Baselines, both fp32 with open_clip's own preprocess on full-size PIL decoding:
     ``loop``: one file at a time, one model call per image (how people often score a folder);
     ``dataloader``: the usual pipeline, a torch DataLoader with worker processes and batched model calls.
 Ours: clip_aesthetics.score_paths with its defaults (reduced-scale JPEG decoding, uint8 batches normalised on
-the device, bf16 on CUDA, nvJPEG with --decode auto on CUDA). All use the same model with random weights
-(no download needed) and the same prompts; the script reports how closely the scores agree with the loop's.
+the device, bf16 on CUDA and on CPUs with native bf16, nvJPEG with --decode auto on CUDA). All use the same
+model with random weights (no download needed) and the same prompts; the script reports how closely the
+scores agree with the loop's.
 
     python benchmarks/bench_score.py --n 200 --size 500x375
     python benchmarks/bench_score.py --n 40 --size 4000x3000 --baseline-n 20
@@ -28,6 +29,7 @@ from scipy.stats import spearmanr
 
 from clip_aesthetics import ZeroShotScorer, load_backbone, score_paths
 from clip_aesthetics.prompts import PromptGroups
+from clip_aesthetics.scorers.base import resolve_precision
 
 GROUPS = PromptGroups(("a outstanding picture",), ("a horrible picture",))
 
@@ -119,7 +121,7 @@ def main() -> None:
     scorer = ZeroShotScorer(load_backbone(args.model, "none", device=args.device), GROUPS).eval()
     print(
         f"{args.model} (random weights) on {scorer.device}, torch threads {torch.get_num_threads()}, "
-        f"cores {os.cpu_count()}, {args.n} JPEGs of {args.size}"
+        f"cores {os.cpu_count()}, {args.n} JPEGs of {args.size}, load average {os.getloadavg()[0]:.1f}"
     )
     with tempfile.TemporaryDirectory() as tmp:
         paths = make_jpegs(Path(tmp), args.n, width, height)
@@ -136,7 +138,8 @@ def main() -> None:
     rates = {"loop": loop_n / loop_s, "dataloader": args.n / dataloader_s, "ours": args.n / report.seconds}
     print(f"per-image loop (fp32)      {rates['loop']:8.1f} images/s ({loop_n} images)")
     print(f"DataLoader pipeline (fp32) {rates['dataloader']:8.1f} images/s ({args.baseline_workers} workers)")
-    print(f"clip-aesthetics ({args.precision:>4})    {rates['ours']:8.1f} images/s")
+    precision = resolve_precision(scorer.device, args.precision, cpu_bf16=True)
+    print(f"clip-aesthetics ({precision:>4})    {rates['ours']:8.1f} images/s ({args.precision})")
     print(
         f"ratio ours / loop {rates['ours'] / rates['loop']:.2f}x, ours / DataLoader "
         f"{rates['ours'] / rates['dataloader']:.2f}x"
