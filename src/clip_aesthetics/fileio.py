@@ -189,17 +189,15 @@ def name_from_text(text: str) -> str:
 def check_outputs(*paths: str | os.PathLike | None) -> None:
     """Refuse, before any work, output files that could only fail after it.
 
-    Each given path must not be a folder, must be distinct from the others, and its nearest existing
-    folder must be writable.
+    Each given path must not be a folder, must be distinct from the others, and must be writable (its
+    folder, or the nearest existing folder above it: writers create the missing ones), see
+    :func:`check_writable`.
 
     Raises:
-        ValueError: a path is a folder, or two paths name the same file.
-        PermissionError: a path could not be created.
+        ValueError: two paths name the same file.
+        OSError: a path is a folder or could not be created.
     """
     files = [Path(p) for p in paths if p is not None]
-    for path in files:
-        if path.is_dir():
-            raise ValueError(f"{text_name(path)} is a folder: give a file name")
     resolved = [os.path.realpath(p) for p in files]
     for i, real in enumerate(resolved):
         if real in resolved[:i]:
@@ -208,5 +206,4 @@ def check_outputs(*paths: str | os.PathLike | None) -> None:
         folder = path.parent
         while not folder.exists() and folder != folder.parent:
             folder = folder.parent
-        if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
-            raise PermissionError(f"cannot write {text_name(path)}: {text_name(folder)} is not writable")
+        check_writable(path if folder == path.parent else folder / path.name)
