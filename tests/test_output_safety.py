@@ -270,3 +270,25 @@ def test_evaluate_failed_write_keeps_previous_predictions(tmp_path: Path, monkey
     with pytest.raises(OSError):
         evaluation.write_predictions(Broken(), target)
     assert target.read_text() == "previous" and [p.name for p in tmp_path.iterdir()] == ["preds.csv"]
+
+
+def test_embed_auto_precision_recorded(
+    photo_dir: Path, tmp_path: Path, tiny_clip_spec: str, monkeypatch
+) -> None:
+    monkeypatch.setenv("CLIP_AESTHETICS_CPU_BF16", "1")
+    cache = tmp_path / "cache"
+    args = [
+        "embed",
+        photo_dir,
+        "--dataset",
+        "folder",
+        "--split",
+        "none",
+        "--model",
+        tiny_clip_spec,
+        "-o",
+        cache,
+    ]
+    result = run(*args, "--workers", "0")
+    assert result.exit_code == 0, result.output
+    assert json.loads((cache / "manifest.json").read_text())["feature"]["precision"] == "bf16"

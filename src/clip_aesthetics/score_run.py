@@ -329,13 +329,13 @@ class ScoreRun:
         try:
             for batch in batches(order):
                 writer.add(batch)
+            result = self._finish(top, keep_rows)
         except KeyboardInterrupt:
             kept = self.store.n_done
             self.close()
             raise ScoreInterrupted(
                 kept, len(self.names), self.folder if self._tmp is None else None
             ) from None
-        result = self._finish(top, keep_rows)
         result.n_resumed, result.seconds = resumed, time.perf_counter() - start
         return result
 
@@ -344,6 +344,11 @@ class ScoreRun:
             self._tmp.cleanup()
 
     def _finish(self, top: int, keep_rows: bool) -> RunResult:
+        missing = self.store.n_parts - len(self.store.done)
+        if missing:  # a batch source that skipped inputs: keep the parts, write nothing that looks finished
+            raise RuntimeError(
+                f"{missing} part(s) of {text_name(self.folder)} were not produced; rerun to finish"
+            )
         scalar = ["position", "path", "score", "raw", "distribution", "error"]
         table = pa.concat_tables(self.store.tables(scalar)) if self.store.n_parts else _empty_parts()
         failed = table.filter(pc.is_valid(table["error"]))

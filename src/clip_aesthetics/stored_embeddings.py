@@ -56,6 +56,11 @@ class StoredEmbeddings:
             )
         return cls(path, names, schema.field("embedding").type.list_size, info)
 
+    def backbone_spec(self) -> tuple[str | None, str | None]:
+        """(model, pretrained) of the backbone that made the embeddings."""
+        backbone = self.info.get("backbone") or {}
+        return backbone.get("model"), backbone.get("pretrained")
+
     def identity(self) -> dict:
         """What a resumed run must match: the file's content and its backbone."""
         return {"file": file_digest(self.path), "backbone": self.info.get("backbone")}

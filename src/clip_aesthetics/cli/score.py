@@ -44,7 +44,21 @@ def default_prompts_over(contents: str) -> PromptGroups:
     return PromptGroups(expand(recipe.positive_adjectives, words), expand(recipe.negative_adjectives, words))
 
 
+def interruptible(command):
+    """Ctrl-C before scoring starts: one line, exit 130 (once it runs, ScoreRun says what it kept)."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except KeyboardInterrupt:
+            raise fail("interrupted before any image was scored: nothing written", EXIT_INTERRUPTED) from None
+
+    return wrapper
+
+
 @app.command()
+@interruptible
 @user_errors
 def score(
     paths: list[Path] = typer.Argument(None, help="Image files or folders (walked recursively)."),
@@ -104,36 +118,24 @@ def score(
     groups = prompt_groups(positive, negative, prompts, contents)
     outputs = Outputs(output, html, embeddings)
     outputs.validate()  # before any model or image is loaded
+    part_rows = part_size or default_part_rows(batch_size)
+    if part_rows % batch_size:
+        raise ValueError(f"--part-size ({part_rows}) must be a multiple of --batch-size ({batch_size})")
     stored, files = _inputs(paths, from_embeddings, embeddings)
     names = stored.names if stored else [str(f) for f in files]
     if not names:
         where = text_name(from_embeddings) if stored else ", ".join(map(text_name, paths))
         raise fail(f"no image files found under {where}", EXIT_NOTHING_DONE)
     if stored and not (scorer_file or model):  # zero-shot on stored embeddings: the model that made them
-        model, pretrained = (
-            (stored.info.get("backbone") or {}).get("model"),
-            (stored.info.get("backbone") or {}).get("pretrained"),
-        )
+        model, pretrained = stored.backbone_spec()
     scorer = build_scorer(
         scorer_file or "zeroshot", model=model, pretrained=pretrained, prompts=groups, device=device
     )
-    part_rows = part_size or default_part_rows(batch_size)
-    if part_rows % batch_size:
-        raise ValueError(f"--part-size ({part_rows}) must be a multiple of --batch-size ({batch_size})")
     if stored:
-        stored.check_scorer(scorer)
-        options = {"batch_size": batch_size, "embeddings_file": stored.identity()}
-        batches = functools.partial(stored.batches, scorer, batch_size=batch_size)
+        options, batches = _embedding_batches(scorer, stored, batch_size)
     else:
-        options = {
-            "batch_size": batch_size,
-            "precision": resolve_precision(scorer.device, precision, cpu_bf16=True),
-            "decode": "gpu" if resolve_decode(decode, scorer.device) else "cpu",
-            "max_pixels": max_pixels,
-        }
         pipeline = dict(batch_size=batch_size, workers=workers, max_pixels=max_pixels, embeddings=embeddings)
-        pipeline.update(precision=options["precision"], decode=decode)
-        batches = lambda order: iter_scored(scorer, [files[i] for i in order], **pipeline)  # noqa: E731
+        options, batches = _image_batches(scorer, files, precision=precision, decode=decode, **pipeline)
     run = ScoreRun(
         names,
         scorer.config(),
@@ -167,6 +169,30 @@ def score(
     _summary(result, top)
     if not result.n_scored:
         raise fail(_nothing_scored(result), EXIT_NOTHING_DONE)
+
+
+def _image_batches(scorer, files: list[Path], *, precision: str, decode: str, **pipeline):
+    """The options that change image scores (recorded with the parts) and the batch source for a run."""
+    options = {
+        "batch_size": pipeline["batch_size"],
+        "precision": resolve_precision(scorer.device, precision, cpu_bf16=True),
+        "decode": "gpu" if resolve_decode(decode, scorer.device) else "cpu",
+        "max_pixels": pipeline["max_pixels"],
+    }
+
+    def batches(order: list[int]):
+        return iter_scored(
+            scorer, [files[i] for i in order], precision=options["precision"], decode=decode, **pipeline
+        )
+
+    return options, batches
+
+
+def _embedding_batches(scorer, stored: StoredEmbeddings, batch_size: int):
+    """Like :func:`_image_batches` for a stored embeddings file (refused if made by another backbone)."""
+    stored.check_scorer(scorer)
+    options = {"batch_size": batch_size, "embeddings_file": stored.identity()}
+    return options, functools.partial(stored.batches, scorer, batch_size=batch_size)
 
 
 def _inputs(paths: list[Path] | None, from_embeddings: Path | None, embeddings: bool):
