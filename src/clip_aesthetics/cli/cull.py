@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from .app import EXIT_NOTHING_DONE, app, console, err_console, fail, user_errors
+from .app import EXIT_NOTHING_DONE, app, console, fail, user_errors, warn
 
 taste_app = typer.Typer(no_args_is_help=True, help="Learn your own taste from your ratings.")
 app.add_typer(taste_app, name="taste")
@@ -82,9 +82,7 @@ def cull(
         folder, scorer.backbone, batch_size=batch_size, workers=workers, precision=precision
     )
     for error in shoot.errors:
-        err_console.print(
-            f"[yellow]skipped[/yellow] {folder / error['rel']}: {error['error']}", highlight=False
-        )
+        warn("skipped", f"{folder / error['rel']}: {error['error']}")
     if not shoot.frames:
         raise fail(f"no readable photos under {folder}", EXIT_NOTHING_DONE)
     rows = cull_rows(shoot, _scores(scorer, shoot.features), similarity=similarity, max_gap=max_gap)
@@ -97,7 +95,7 @@ def cull(
     if xmp:
         report = write_sidecars(rows, reject_duplicates=reject_duplicates, overwrite=overwrite_ratings)
         for error in report.errors:
-            err_console.print(f"[yellow]sidecar not written[/yellow] {error['error']}", highlight=False)
+            warn("sidecar not written", error["error"])
         line += f"; sidecars written {report.written}, existing ratings kept {report.kept}"
         line += f", failed {len(report.errors)}" if report.errors else ""
     console.print(line, highlight=False, soft_wrap=True)
@@ -184,9 +182,7 @@ def review_app(
     scorer = _scorer(scorer_file, model, pretrained, positive, negative, prompts, device)
     session = ReviewSession(folder, scorer, batch_size=batch_size, workers=workers, precision=precision)
     if host not in ("127.0.0.1", "localhost", "::1"):
-        err_console.print(
-            f"[yellow]warning:[/yellow] anyone who can reach {host}:{port} can see and rate these photos"
-        )
+        warn("warning:", f"anyone who can reach {host}:{port} can see and rate these photos")
     console.print(
         f"Reviewing {folder} at http://{host}:{port}/ (Ctrl+C stops)", highlight=False, soft_wrap=True
     )
