@@ -264,3 +264,15 @@ def test_embeddings_of_another_model_refused(many_photos: Path, tmp_path: Path, 
         tmp_path / "x.csv",
     )
     assert result.exit_code == 2 and not (tmp_path / "x.csv").exists(), result.output
+
+
+def test_html_only_run_keeps_parts_beside_the_report(
+    many_photos: Path, tmp_path: Path, tiny_clip_spec: str, monkeypatch
+) -> None:
+    page = tmp_path / "report.html"
+    args = ["score", many_photos, "--model", tiny_clip_spec, *PROMPT_ARGS, *PIPELINE, "--html", page]
+    monkeypatch.setattr(cli_score, "iter_scored", _failing_after(3))
+    assert run(*args).exit_code != 0
+    assert list(parts_folder_for(page).glob("part-*.parquet")) and not page.exists()
+    monkeypatch.undo()
+    assert run(*args).exit_code == 0 and page.is_file() and not parts_folder_for(page).exists()
