@@ -276,3 +276,31 @@ def test_html_only_run_keeps_parts_beside_the_report(
     assert list(parts_folder_for(page).glob("part-*.parquet")) and not page.exists()
     monkeypatch.undo()
     assert run(*args).exit_code == 0 and page.is_file() and not parts_folder_for(page).exists()
+
+
+def test_distribution_scorer_columns(photo_dir: Path, tmp_path: Path, tiny_clip_spec: str) -> None:
+    from clip_aesthetics.scorers import ProbeHead, ProbeScorer, save_scorer
+
+    backbone = load_backbone(tiny_clip_spec, device="cpu")
+    dim = backbone.feature_dim
+    torch.manual_seed(0)
+    head = ProbeHead(
+        torch.zeros(dim), torch.ones(dim), torch.randn(10, dim) * 0.01, torch.full((10,), 0.1), "distribution"
+    )
+    probe = tmp_path / "dist.safetensors"
+    save_scorer(ProbeScorer(backbone, head), probe, tensors=head.tensors())
+    out = tmp_path / "ranked.csv"
+    result = run("score", photo_dir, "--scorer", probe, "-o", out, *PIPELINE)
+    assert result.exit_code == 0, result.output
+    rows = read_csv(out)
+    assert "raw" not in rows[0] and [f"pred_{k}" for k in range(1, 11)] == list(rows[0])[4:]
+    bins = np.array([[float(r[f"pred_{k}"]) for k in range(1, 11)] for r in rows])
+    np.testing.assert_allclose(bins.sum(axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(bins @ np.arange(1, 11), [float(r["score"]) for r in rows], atol=1e-4)
+    reference = scoring.score_paths(
+        ProbeScorer(backbone, head), find_images([photo_dir]), workers=0, batch_size=2
+    )
+    assert [r["path"] for r in rows] == [r["path"] for r in reference.rows]
+    np.testing.assert_allclose(
+        bins, [[r[f"pred_{k}"] for k in range(1, 11)] for r in reference.rows], atol=1e-6
+    )

@@ -430,12 +430,16 @@ def ranked_table(scored: pa.Table, threshold: float) -> pa.Table:
     if scored.num_rows and scored["raw"].null_count < scored.num_rows:
         columns["raw"] = scored["raw"]
     if scored.num_rows and scored["distribution"].null_count < scored.num_rows:
-        bins = np.array(scored["distribution"].to_pylist(), dtype=np.float64)
+        flat = scored["distribution"].combine_chunks().flatten().to_numpy(zero_copy_only=False)
+        bins = flat.reshape(scored.num_rows, -1)  # columnar: no Python object per value
         columns.update({f"pred_{k}": pa.array(bins[:, k - 1]) for k in range(1, bins.shape[1] + 1)})
     return pa.table(columns) if scored.num_rows else pa.table({c: columns[c] for c in BASE_COLUMNS})
 
 
 def with_text_paths(ranked: pa.Table) -> pa.Table:
     """The ranked table with its paths as text (:func:`~clip_aesthetics.fileio.text_name`), as written."""
-    names = [text_name(os.fsdecode(p)) for p in ranked["path"].to_pylist()]
-    return ranked.set_column(0, "path", pa.array(names, pa.string()))
+    try:  # every name valid UTF-8 (the usual case): one columnar cast
+        return ranked.set_column(0, "path", pc.cast(ranked["path"], pa.string()))
+    except pa.ArrowInvalid:
+        names = [text_name(os.fsdecode(p)) for p in ranked["path"].to_pylist()]
+        return ranked.set_column(0, "path", pa.array(names, pa.string()))
