@@ -173,7 +173,11 @@ def text_name(name: str | os.PathLike) -> str:
         name.encode("utf-8")
         return name
     except UnicodeEncodeError:
-        return os.fsencode(name).decode("utf-8", "backslashreplace")
+        pass
+    try:
+        return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a lone surrogate that is no escaped byte (not from a file name): \uXXXX
+        return name.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 _ESCAPED_BYTE = re.compile(r"\\x([89a-f][0-9a-f])")

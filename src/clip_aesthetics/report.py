@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 
 from . import __version__
-from .fileio import atomic_write_text, name_from_text
+from .fileio import atomic_write_text, name_from_text, text_name
 from .images import DEFAULT_MAX_PIXELS, open_image
 
 if TYPE_CHECKING:
@@ -93,9 +93,8 @@ def write_html(html: str, path: str | os.PathLike) -> Path:
 
 
 def _h(value: Any) -> str:
-    """Escaped text; undecodable bytes of a file name (surrogate escapes) become U+FFFD, not a crash."""
-    text = str(value).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-    return escape(text, quote=True)
+    """Escaped text; undecodable bytes of a file name are shown as in the results files (``\\xNN``)."""
+    return escape(text_name(str(value)), quote=True)
 
 
 def _num(value: Any, digits: int = 3) -> str:
