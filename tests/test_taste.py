@@ -140,3 +140,16 @@ def test_taste_fit_command_writes_a_scorer_for_score(tmp_path: Path, tiny_clip_s
     expected = scorer.score_features(torch.from_numpy(features)).score.numpy()
     np.testing.assert_allclose([rows[p.name] for p in paths], expected, rtol=1e-4)
     assert srcc(expected, ratings) > 0.8
+
+
+def test_ratings_from_csv_before_sidecars_and_broken_sidecars_reported(tmp_path: Path) -> None:
+    from clip_aesthetics.culling.taste import ratings_for
+
+    paths = [tmp_path / f"{n}.jpg" for n in "abcd"]
+    write_labels(paths[0], Labels(4, None))
+    write_labels(paths[1], Labels(-1, 1))  # a reject counts as 0 stars
+    write_labels(paths[2], Labels(2, None))
+    (tmp_path / "d.jpg.xmp").write_text("<broken", encoding="utf-8")
+    stars, problems = ratings_for(paths, {str(paths[2]): 5.0})
+    assert stars == [4.0, 0.0, 5.0, None]
+    assert len(problems) == 1 and "d.jpg.xmp" in problems[0]

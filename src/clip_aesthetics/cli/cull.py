@@ -135,7 +135,9 @@ def taste_fit(
         )
         paths += [shoot.path(i) for i in range(len(shoot.frames))]
         features.append(shoot.features)
-    stars = ratings_for(paths, csv_ratings)
+    stars, problems = ratings_for(paths, csv_ratings)
+    for problem in problems:
+        err_console.print(f"[yellow]unrated[/yellow] {problem}", highlight=False)
     rated = [i for i, value in enumerate(stars) if value is not None]
     x = np.concatenate(features)[rated]
     fit = fit_taste(x, _scores(prior, x), np.array([stars[i] for i in rated]))

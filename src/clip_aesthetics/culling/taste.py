@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..metrics import srcc
-from .xmp import Labels, read_labels
+from .xmp import Labels, XmpError, read_labels
 
 MIN_RATINGS = 10
 FOLDS = 5
@@ -162,10 +162,18 @@ def taste_scorer(prior, fit: TasteFit):
     return TasteScorer(prior.backbone, tensors, fit.summary(), prior.prompts.to_dict()).eval()
 
 
-def ratings_for(paths: list[Path], csv_ratings: dict[str, float] | None = None) -> list[float | None]:
-    """Each photo's stars: from the CSV when it names the photo, else from its sidecar."""
+def ratings_for(
+    paths: list[Path], csv_ratings: dict[str, float] | None = None
+) -> tuple[list[float | None], list[str]]:
+    """Each photo's stars (from the CSV when it names the photo, else from its sidecar), and the sidecars
+    that could not be read (those photos count as unrated)."""
     csv_ratings = csv_ratings or {}
-    return [
-        csv_ratings.get(os.path.realpath(p), None) if os.path.realpath(p) in csv_ratings else rating_of(p)
-        for p in paths
-    ]
+    stars, problems = [], []
+    for path in paths:
+        real = os.path.realpath(path)
+        try:
+            stars.append(csv_ratings[real] if real in csv_ratings else rating_of(path))
+        except XmpError as exc:
+            stars.append(None)
+            problems.append(str(exc))
+    return stars, problems
