@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..culling.cull import cull_rows
+from ..culling.cull import cull_rows, shoot_groups
 from ..culling.shoot import Shoot, analyse_folder, inside
 from ..culling.taste import fit_taste, stars_of, taste_scorer
 from ..culling.xmp import Labels, XmpError, picked, read_labels, rejected, unflagged, with_stars, write_labels
@@ -44,7 +44,9 @@ class ReviewSession:
         self.label_errors: dict[str, str] = {}
         self.rows: list[dict] = []
         self.taste: dict | None = None
-        self.index: dict[str, int] = {}
+        self.index: dict[str, int] = {}  # rel -> frame
+        self.rel_of: dict[str, str] = {}  # the path in a ranked row -> rel
+        self.groups = np.zeros(0, dtype=np.int64)
         self.lock = threading.RLock()
         self._why: dict[tuple[str, int], dict] = {}
 
@@ -70,6 +72,8 @@ class ReviewSession:
             with self.lock:
                 self.shoot, self.labels, self.label_errors = shoot, labels, errors
                 self.index = {f["rel"]: i for i, f in enumerate(shoot.frames)}
+                self.rel_of = {str(shoot.path(i)): f["rel"] for i, f in enumerate(shoot.frames)}
+                self.groups = shoot_groups(shoot)  # depends on content and time only: once per shoot
                 self._rank()
             self.status.update(state="ready", done=self.status["total"] or len(shoot.frames))
         except Exception as exc:  # shown on the page instead of a progress bar that never ends
@@ -79,7 +83,8 @@ class ReviewSession:
         return scorer.score_features(torch.from_numpy(self.shoot.features)).score.numpy().astype(float)
 
     def _rank(self) -> None:
-        self.rows = cull_rows(self.shoot, self._scores(self.scorer)) if self.shoot.frames else []
+        scores = self._scores(self.scorer)
+        self.rows = cull_rows(self.shoot, scores, groups=self.groups) if self.shoot.frames else []
         self._why.clear()
 
     # --- what the page shows -------------------------------------------------------------------------
@@ -88,7 +93,7 @@ class ReviewSession:
         with self.lock:
             groups: list[dict] = []
             for row in self.rows:
-                rel = Path(row["path"]).relative_to(self.root).as_posix()
+                rel = self.rel_of[row["path"]]
                 frame = self.shoot.frames[self.index[rel]]
                 if row["rank_in_group"] == 1:
                     groups.append({"group": row["group"], "frames": []})

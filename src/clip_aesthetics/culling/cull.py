@@ -22,34 +22,40 @@ def percentile_stars(scores: np.ndarray) -> np.ndarray:
     return np.clip(1 + np.floor(5 * percentile), 1, 5).astype(np.int64)
 
 
+def shoot_groups(
+    shoot: Shoot, *, similarity: float = DEFAULT_SIMILARITY, max_gap: float = DEFAULT_MAX_GAP
+) -> np.ndarray:
+    """The group of every frame of ``shoot`` (independent of the scorer, so computed once per shoot)."""
+    times = [f["time"] for f in shoot.frames]
+    clocks = [f["time_source"] for f in shoot.frames]
+    return group_frames(shoot.features, times, clocks, similarity=similarity, max_gap=max_gap)
+
+
 def cull_rows(
     shoot: Shoot,
     scores: np.ndarray,
     *,
+    groups: np.ndarray | None = None,
     similarity: float = DEFAULT_SIMILARITY,
     max_gap: float = DEFAULT_MAX_GAP,
 ) -> list[dict]:
     """One row per frame: groups ranked by their best frame, each group's frames best first."""
     frames = shoot.frames
-    groups = group_frames(
-        shoot.features,
-        [f["time"] for f in frames],
-        [f["time_source"] for f in frames],
-        similarity=similarity,
-        max_gap=max_gap,
-    )
+    if groups is None:
+        groups = shoot_groups(shoot, similarity=similarity, max_gap=max_gap)
     stars = percentile_stars(scores)
-    ordered = []
-    for g in np.unique(groups):
-        members = np.flatnonzero(groups == g)
+    ranked = []
+    by_group = np.argsort(groups, kind="stable")  # each group's frames together, in folder order
+    for members in np.split(by_group, np.flatnonzero(np.diff(groups[by_group])) + 1) if len(frames) else []:
         checks = [[frames[i][key] for i in members] for key in ("sharpness", "highlights", "shadows")]
         order, soft = rank_group(scores[members], *checks)
         best = members[order[0]]
-        value = quality(scores[best], frames[best]["highlights"], frames[best]["shadows"])
-        ordered.append((value, members, order, soft))
-    ordered.sort(key=lambda item: -item[0])
+        ranked.append(
+            (quality(scores[best], frames[best]["highlights"], frames[best]["shadows"]), members, order, soft)
+        )
+    ranked.sort(key=lambda item: -item[0])
     rows = []
-    for number, (_, members, order, soft) in enumerate(ordered, start=1):
+    for number, (_, members, order, soft) in enumerate(ranked, start=1):
         for place, k in enumerate(order):
             i = members[k]
             rows.append(_row(shoot, i, number, place, len(members), bool(soft[k]), scores[i], stars[i]))

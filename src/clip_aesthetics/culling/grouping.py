@@ -47,19 +47,40 @@ def group_frames(
     n = len(x)
     x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
     t = np.full(n, np.nan) if times is None else np.array([np.nan if v is None else v for v in times], float)
-    clock = np.array(["" if sources is None or s is None else s for s in (sources or [None] * n)], object)
-    edges_i, edges_j = [], []
-    for start in range(0, n, BLOCK):
-        rows = slice(start, min(n, start + BLOCK))
-        alike = x[rows] @ x.T >= similarity
-        comparable = (clock[rows, None] == clock[None, :]) & ~np.isnan(t[rows, None]) & ~np.isnan(t[None, :])
-        close = np.abs(t[rows, None] - t[None, :]) <= max_gap
-        linked = alike & (close | ~comparable)
-        i, j = np.nonzero(linked)
-        keep = start + i < j  # each pair once
-        edges_i.append(start + i[keep])
-        edges_j.append(j[keep])
-    return _components(n, np.concatenate(edges_i or [[]]), np.concatenate(edges_j or [[]]))
+    names = ["" if sources is None or s is None else s for s in (sources or [None] * n)]
+    clock = np.unique(names, return_inverse=True)[1].reshape(n) if n else np.zeros(0, int)
+    clock[np.isnan(t)] = -1  # no time: compared with every frame by content alone
+    edges: list[tuple[np.ndarray, np.ndarray]] = []
+    for code in np.unique(clock[clock >= 0]):
+        timed = np.flatnonzero(clock == code)
+        timed = timed[np.argsort(t[timed], kind="stable")]
+        others = np.flatnonzero(clock != code)  # other clocks and untimed frames: content decides
+        for start in range(0, len(timed), BLOCK):
+            rows = timed[start : start + BLOCK]
+            # frames sorted by time: only a band of columns can be within max_gap of this block
+            lo = np.searchsorted(t[timed], t[rows[0]] - max_gap, side="left")
+            hi = np.searchsorted(t[timed], t[rows[-1]] + max_gap, side="right")
+            band = timed[lo:hi]
+            close = np.abs(t[rows, None] - t[None, band]) <= max_gap
+            edges.append(_linked(x, rows, band, similarity, close))
+            edges.append(_linked(x, rows, others, similarity))
+    untimed = np.flatnonzero(clock < 0)
+    for start in range(0, len(untimed), BLOCK):
+        edges.append(_linked(x, untimed[start : start + BLOCK], untimed, similarity))
+    i = np.concatenate([e[0] for e in edges] or [np.zeros(0, int)])
+    j = np.concatenate([e[1] for e in edges] or [np.zeros(0, int)])
+    return _components(n, i, j)
+
+
+def _linked(x: np.ndarray, rows: np.ndarray, cols: np.ndarray, similarity: float, mask=None):
+    """(i, j) of the pairs of ``rows`` x ``cols`` alike in content (and within ``mask`` when given)."""
+    if not len(rows) or not len(cols):
+        return np.zeros(0, int), np.zeros(0, int)
+    linked = x[rows] @ x[cols].T >= similarity
+    if mask is not None:
+        linked &= mask
+    i, j = np.nonzero(linked)
+    return rows[i], cols[j]
 
 
 def _components(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
