@@ -137,7 +137,7 @@ def taste_fit(
         features.append(shoot.features)
     stars, problems = ratings_for(paths, csv_ratings)
     for problem in problems:
-        err_console.print(f"[yellow]unrated[/yellow] {problem}", highlight=False)
+        warn("unrated", problem)
     rated = [i for i, value in enumerate(stars) if value is not None]
     x = np.concatenate(features)[rated]
     fit = fit_taste(x, _scores(prior, x), np.array([stars[i] for i in rated]))
