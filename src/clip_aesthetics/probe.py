@@ -237,9 +237,12 @@ class ProbeResult:
         base = {"method": self.method, "backbone": self.backbone, "calibration": None, "label_threshold": 5.0}
         return {**base, **probe_config(self.head, self.fit)}
 
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return self.head.tensors()
+
     def save(self, path: str | os.PathLike) -> os.PathLike:
         """Write the head as a ``.safetensors`` scorer file (config + scaler, weight, bias)."""
-        return save_scorer(self, path, self.head.tensors())
+        return save_scorer(self, path)
 
 
 def _head(linear: LinearFit, target: str) -> ProbeHead:

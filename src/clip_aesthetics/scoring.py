@@ -65,7 +65,7 @@ def source_name(source: ImageSource, index: int) -> str:
 
 def check_embeddings_supported(scorer: Scorer) -> None:
     """Raise ValueError unless the scorer scores image embeddings (zero-shot, probe, LAION)."""
-    if not hasattr(scorer, "score_features"):
+    if scorer.encoder_key() is None:  # its own encoder (a fine-tuned tower), not the backbone's embeddings
         raise ValueError(
             f"a {scorer.method} scorer does not score image embeddings (it runs its own image tower): "
             "--embeddings and --from-embeddings need a zero-shot, probe or LAION scorer"

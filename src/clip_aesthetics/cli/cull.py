@@ -27,7 +27,7 @@ def _scorer(scorer_file, model, pretrained, positive, negative, prompts, device)
     scorer = build_scorer(
         scorer_file or "zeroshot", model=model, pretrained=pretrained, prompts=groups, device=device
     )
-    if not hasattr(scorer, "score_features"):
+    if scorer.encoder_key() is None:  # its own encoder (a fine-tuned tower): the cached embeddings do not fit
         raise ValueError(
             f"{scorer.method} scorers work on pixels, not on image embeddings: cull with a zero-shot, probe, "
             "taste or LAION scorer"

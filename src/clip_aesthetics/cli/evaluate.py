@@ -28,6 +28,7 @@ from ..images import DEFAULT_MAX_PIXELS
 from ..prompts import PromptGroups
 from ..report import render_evaluation_report, write_html
 from ..scorers.base import Scorer
+from ..scorers.registry import scorer_file_method
 from ..scoring import build_scorer
 from .app import EXIT_NOTHING_DONE, app, console, err_console, fail, user_errors, warn
 from .score import prompt_groups
@@ -72,13 +73,6 @@ Decode = Annotated[str, typer.Option(help="JPEG decoding: auto (nvJPEG on CUDA),
 Device = Annotated[str, typer.Option(help="auto (CUDA if present), cpu, cuda, cuda:1, ...")]
 Precision = Annotated[str, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16, fp16.")]
 MaxPixels = Annotated[int, typer.Option(min=1, help="Larger images count as unreadable.")]
-
-
-def scorer_file_method(path: Path | str) -> str:
-    """The ``method`` a scorer file declares, read from its config alone (no tensors, no backbone)."""
-    from ..scorers.registry import read_scorer_file
-
-    return read_scorer_file(path, config_only=True)[0]["method"]
 
 
 def resolve_method(method: str | None, scorer_file: str | None) -> str:

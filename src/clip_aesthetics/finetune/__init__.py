@@ -27,6 +27,8 @@ processes and ``--accumulate`` steps, so the recipe does not change with the num
 from .config import TrainConfig
 from .loss import distribution_mean, emd, emd_loss, mean_mse_loss
 from .model import FinetuneModel, freeze, image_tower, tower_blocks
+from .run import finetune, resume_config
+from .train import FinetuneResult
 
 __all__ = [
     "FinetuneModel",
@@ -42,12 +44,3 @@ __all__ = [
     "resume_config",
     "tower_blocks",
 ]
-
-
-def __getattr__(name: str):
-    # the training loop imports the scorer registry, which imports this package's model: load it lazily
-    if name in ("finetune", "resume_config", "FinetuneResult"):
-        from . import run, train
-
-        return getattr(run, name, None) or getattr(train, name)
-    raise AttributeError(name)

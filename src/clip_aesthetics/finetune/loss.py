@@ -10,19 +10,13 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-N_BINS = 10
+from ..metrics import N_BINS
+from ..towers import distribution_mean, score_bins
+
+__all__ = ["N_BINS", "distribution_mean", "emd", "emd_loss", "get_loss", "mean_mse_loss", "score_bins"]
+
 # sqrt has an infinite slope at 0: a prediction equal to its target would give NaN gradients without a floor
 _EMD_FLOOR = 1e-12
-
-
-def score_bins(device: torch.device | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """The scores 1..10 of the ten bins."""
-    return torch.arange(1, N_BINS + 1, device=device, dtype=dtype)
-
-
-def distribution_mean(probs: torch.Tensor) -> torch.Tensor:
-    """Mean score ``sum_i i * p_i`` of distributions (N, 10); in [1, 10] for probabilities."""
-    return probs @ score_bins(probs.device, probs.dtype)
 
 
 def emd(pred: torch.Tensor, target: torch.Tensor, r: float = 2.0) -> torch.Tensor:

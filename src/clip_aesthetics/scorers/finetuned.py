@@ -1,25 +1,28 @@
 """Fine-tuned scorer: the backbone's image tower trained end to end with a 10-bin head (paper's third step).
 
-The file (``best.safetensors`` of a fine-tuning run) holds the tower and head weights and names the
-backbone; :func:`~clip_aesthetics.scorers.load_scorer` rebuilds the backbone from that name (on random
-weights when the architecture, activation and preprocessing can be rebuilt without the original ones),
-copies its image tower, then loads the fine-tuned weights over it. The score is
-the predicted distribution's mean ``sum_i i * p_i`` on 1-10; the distribution is reported too.
+Its encoder is the fine-tuned tower, which carries its own weights (so its features are never shared with
+other heads); its head is Linear(width, 10) + softmax. The file (``best.safetensors`` of a fine-tuning run)
+holds the tower and head weights and names the backbone; :func:`~clip_aesthetics.scorers.load_scorer`
+rebuilds the backbone from that name (on random weights when the architecture, activation and preprocessing
+can be rebuilt without the original ones), copies its image tower, then loads the fine-tuned weights over
+it. The score is the predicted distribution's mean ``sum_i i * p_i`` on 1-10; the distribution is reported
+too.
 """
 
 from __future__ import annotations
 
 import torch
+from torch.nn import functional as F
 
 from ..backbones import Backbone
-from ..finetune.model import FinetuneModel
+from ..towers import FinetuneModel, distribution_mean
 from .base import Calibration, ScoreOutput, Scorer
 from .registry import register_scorer
 
 
 @register_scorer
 class FinetunedScorer(Scorer):
-    """A fine-tuned image tower + Linear(width, 10) + softmax over the score bins."""
+    """A fine-tuned image tower (the encoder) + Linear(width, 10) + softmax over the score bins (the head)."""
 
     method = "finetune"
     has_distribution = True
@@ -36,9 +39,18 @@ class FinetunedScorer(Scorer):
         self.model = model
         self.recipe = recipe
 
-    def forward(self, pixels: torch.Tensor) -> ScoreOutput:
-        probs, mean = self.model.predict(pixels)
-        return self._calibrated(ScoreOutput(score=mean, distribution=probs, raw=mean.clone()))
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The fine-tuned tower's features (N, width), not the frozen backbone's."""
+        return self.model.features(pixels)
+
+    def encoder_key(self) -> None:
+        return None  # its own tower: no other head shares these features
+
+    def compute_scores(self, features: torch.Tensor) -> ScoreOutput:
+        head = self.model.head
+        probs = F.softmax(F.linear(features, head.weight.float(), head.bias.float()), dim=-1)
+        mean = distribution_mean(probs)
+        return ScoreOutput(score=mean, distribution=probs, raw=mean.clone())
 
     def config(self) -> dict:
         return {
@@ -48,7 +60,7 @@ class FinetunedScorer(Scorer):
         }
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        """What the scorer file stores: the tower and head weights."""
+        """The tower and head weights (the file carries the whole encoder)."""
         return self.model.state_dict()
 
     @classmethod
@@ -60,5 +72,4 @@ class FinetunedScorer(Scorer):
                 f"scorer was trained on a {head['width']}-wide tower but {backbone.spec} gives {model.width}"
             )
         model.load_state_dict({k: v.to(model.pixel_mean.device) for k, v in tensors.items()})
-        calibration = Calibration(**config["calibration"]) if config.get("calibration") else None
-        return cls(backbone, model, calibration, config.get("recipe"))
+        return cls(backbone, model, Calibration.from_config(config), config.get("recipe"))

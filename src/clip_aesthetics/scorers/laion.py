@@ -125,16 +125,10 @@ class LaionScorer(Scorer):
         self.mlp.to(backbone.device).eval()
         self.source = source
 
-    def score_features(self, features: torch.Tensor) -> ScoreOutput:
-        """Scores from (unnormalised) CLIP image embeddings, e.g. from a feature cache."""
-        weight = self.mlp[0].weight
-        with torch.autocast(weight.device.type, enabled=False):  # the MLP is cheap: keep it in float32
-            normalised = F.normalize(features.to(weight.device, torch.float32), dim=-1)
-            raw = self.mlp(normalised).squeeze(-1)
-        return self._calibrated(ScoreOutput(score=raw, raw=raw))
-
-    def forward(self, pixels: torch.Tensor) -> ScoreOutput:
-        return self.score_features(self.backbone.encode_image(pixels))
+    def compute_scores(self, features: torch.Tensor) -> ScoreOutput:
+        """Scores from (unnormalised) CLIP image embeddings; the MLP sees them L2-normalised."""
+        raw = self.mlp(F.normalize(features, dim=-1)).squeeze(-1)
+        return ScoreOutput(score=raw, raw=raw)
 
     def config(self) -> dict:
         return {**super().config(), "source": self.source, "architecture": "improved-aesthetic-predictor MLP"}
@@ -144,8 +138,7 @@ class LaionScorer(Scorer):
 
     @classmethod
     def from_saved(cls, config: dict, tensors: dict, backbone: Backbone) -> LaionScorer:
-        calibration = Calibration(**config["calibration"]) if config.get("calibration") else None
-        return cls(backbone, tensors, config.get("source"), calibration)
+        return cls(backbone, tensors, config.get("source"), Calibration.from_config(config))
 
 
 def load_laion_scorer(

@@ -117,18 +117,13 @@ class ProbeScorer(Scorer):
     def has_distribution(self) -> bool:  # type: ignore[override]
         return self.head.target == "distribution"
 
-    def score_features(self, features: torch.Tensor) -> ScoreOutput:
-        """Scores from image features (any dtype), e.g. read from a feature cache."""
-        return self._calibrated(self.head(features.to(self.head.weight.device)))
-
-    def forward(self, pixels: torch.Tensor) -> ScoreOutput:
-        return self.score_features(self.backbone.encode_image(pixels))
+    def compute_scores(self, features: torch.Tensor) -> ScoreOutput:
+        return self.head(features)
 
     def config(self) -> dict:
         return {**super().config(), **probe_config(self.head, self.fit)}
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        """What :func:`~clip_aesthetics.scorers.registry.save_scorer` stores next to the config."""
         return self.head.tensors()
 
     @classmethod
@@ -145,6 +140,5 @@ class ProbeScorer(Scorer):
                 f"probe was fitted on features of {fitted_on!r} but is applied to {backbone.weights_id!r}",
                 stacklevel=2,
             )
-        calibration = Calibration(**config["calibration"]) if config.get("calibration") else None
         head = ProbeHead.from_tensors(tensors, config.get("target", "mean"))
-        return cls(backbone, head, config.get("fit"), calibration)
+        return cls(backbone, head, config.get("fit"), Calibration.from_config(config))

@@ -2,7 +2,8 @@
 
 A scorer with trained tensors is one ``.safetensors`` file whose metadata holds the JSON config; a scorer
 without (zero-shot prompts) may be a plain ``.json`` file. Either names its backbone, so
-``load_scorer(path)`` rebuilds everything needed to score new images.
+``load_scorer(path)`` rebuilds everything needed to score new images. :func:`read_scorer_config` is the one
+reader of a file's config (cheap: no tensors are read).
 """
 
 from __future__ import annotations
@@ -17,42 +18,43 @@ from safetensors.torch import save_file
 
 from .. import __version__
 from ..backbones import Backbone, load_backbone
-from ..fileio import read_text
+from ..fileio import atomic_path, atomic_write_text, read_text
 
 METADATA_KEY = "clip_aesthetics"
 SCORERS: dict[str, type] = {}
 
 
 def register_scorer(cls: type) -> type:
-    """Class decorator: make a scorer class loadable by its ``method`` name."""
+    """Class decorator: make a :class:`~clip_aesthetics.scorers.base.Scorer` subclass loadable by its
+    ``method`` name (``save_scorer`` writes its ``config()`` and ``tensors()``; ``load_scorer`` calls its
+    ``from_saved``)."""
+    if cls.method in SCORERS and SCORERS[cls.method] is not cls:
+        raise ValueError(f"scorer method {cls.method!r} is already registered by {SCORERS[cls.method]}")
     SCORERS[cls.method] = cls
     return cls
 
 
 def save_scorer(scorer, path: str | os.PathLike, tensors: dict[str, torch.Tensor] | None = None) -> Path:
-    """Write ``scorer`` to ``path`` (``.json`` for tensor-free scorers, else ``.safetensors``), atomically."""
+    """Write ``scorer``'s config and tensors to ``path`` (``.json`` only for tensor-free scorers), atomically.
+
+    Args:
+        scorer: anything with ``method``, ``config()`` and ``tensors()`` (every registered scorer).
+        tensors: tensors to store instead of ``scorer.tensors()`` (the trainer saves its best epoch's).
+    """
     path = Path(path)
     config = {**scorer.config(), "version": __version__}
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tensors = scorer.tensors() if tensors is None else tensors
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".json":
         if tensors:
             raise ValueError(f"{scorer.method} scorers hold tensors: save them as .safetensors, not .json")
-        tmp.write_text(json.dumps(config, indent=2), encoding="utf-8")
-    elif path.suffix == ".safetensors":
-        contiguous = {k: v.detach().float().cpu().contiguous() for k, v in (tensors or {}).items()}
-        save_file(contiguous or {"_empty": torch.zeros(1)}, tmp, metadata={METADATA_KEY: json.dumps(config)})
-    else:
+        return atomic_write_text(path, json.dumps(config, indent=2))
+    if path.suffix != ".safetensors":
         raise ValueError(f"scorer files end in .json or .safetensors, not {path.suffix!r}")
-    os.chmod(tmp, 0o666 & ~_umask())  # safetensors writes 0600; a shared scorer should follow the umask
-    os.replace(tmp, path)
+    contiguous = {k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}
+    with atomic_path(path) as tmp:
+        save_file(contiguous or {"_empty": torch.zeros(1)}, tmp, metadata={METADATA_KEY: json.dumps(config)})
     return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _version(text: object) -> tuple[int, ...]:
@@ -81,18 +83,23 @@ def _checked_config(path: Path, text: str) -> dict:
     return config
 
 
+def _checked_path(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"scorer file not found: {path}")
+    if path.suffix not in (".json", ".safetensors"):
+        hint = " (a LAION aesthetic head? pass --scorer laion:PATH)" if path.suffix in (".pth", ".pt") else ""
+        raise ValueError(f"{path} is not a scorer file: they end in .json or .safetensors{hint}")
+    return path
+
+
 def read_scorer_file(
     path: str | os.PathLike, *, config_only: bool = False
 ) -> tuple[dict, dict[str, torch.Tensor]]:
     """The config and tensors (none with ``config_only``) of a scorer file; ValueError if malformed."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"scorer file not found: {path}")
+    path = _checked_path(path)
     if path.suffix == ".json":
         return _checked_config(path, read_text(path)), {}
-    if path.suffix != ".safetensors":
-        hint = " (a LAION aesthetic head? pass --scorer laion:PATH)" if path.suffix in (".pth", ".pt") else ""
-        raise ValueError(f"{path} is not a scorer file: they end in .json or .safetensors{hint}")
     try:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
@@ -106,27 +113,47 @@ def read_scorer_file(
     return config, tensors
 
 
-def load_scorer(path: str | os.PathLike, *, device: str | None = None, backbone: Backbone | None = None):
-    """Load a scorer file; its backbone is loaded from the spec it names unless one is given."""
-    config, tensors = read_scorer_file(path)
-    method = config.get("method")
+def read_scorer_config(path: str | os.PathLike) -> dict:
+    """The config a scorer file carries, without reading its tensors or loading a backbone."""
+    return read_scorer_file(path, config_only=True)[0]
+
+
+def scorer_file_method(path: str | os.PathLike) -> str:
+    """The ``method`` a scorer file declares (``zeroshot``, ``probe``, ``finetune``, ...)."""
+    return read_scorer_config(path)["method"]
+
+
+def scorer_class(method: str | None, source: str | os.PathLike = "") -> type:
+    """The registered class of ``method``."""
     if method not in SCORERS:
-        raise ValueError(f"{path}: unknown scorer method {method!r} (known: {', '.join(sorted(SCORERS))})")
-    cls = SCORERS[method]
+        raise ValueError(f"{source}: unknown scorer method {method!r} (known: {', '.join(sorted(SCORERS))})")
+    return SCORERS[method]
+
+
+def load_scorer(path: str | os.PathLike, *, device: str | None = None, backbone: Backbone | None = None):
+    """Load a scorer file; its backbone is loaded from the spec it names unless one is given.
+
+    Passing ``backbone`` puts the head on an encoder already loaded, so several heads share it (see
+    :meth:`~clip_aesthetics.scorers.base.Scorer.encoder_key`).
+    """
+    config, tensors = read_scorer_file(path)
+    cls = scorer_class(config.get("method"), path)
     try:
         if backbone is None:
-            backbone = _backbone_for(cls, config["backbone"], device)
+            backbone = backbone_for(config, device)
         return cls.from_saved(config, tensors, backbone).eval()
     except (KeyError, AttributeError, TypeError, IndexError) as exc:  # a field of the wrong shape or missing
-        raise ValueError(f"{path}: malformed {method} scorer config ({type(exc).__name__}: {exc})") from None
+        problem = f"{type(exc).__name__}: {exc}"
+        raise ValueError(f"{path}: malformed {cls.method} scorer config ({problem})") from None
 
 
-def _backbone_for(cls: type, spec: dict, device: str | None) -> Backbone:
-    """The backbone a scorer file names.
+def backbone_for(config: dict, device: str | None = None) -> Backbone:
+    """The backbone a scorer config names.
 
     A scorer whose file holds its whole image tower (fine-tuned) is rebuilt on random weights of the same
     architecture, activation and preprocessing, so it can be shared without the base model's weights.
     """
+    cls, spec = scorer_class(config.get("method")), config["backbone"]
     own_tower = getattr(cls, "holds_tower_weights", False) and "quick_gelu" in spec
     if own_tower and not spec["model"].split("timm:")[-1].startswith(("hf-hub:", "local-dir:")):
         candidate = load_backbone(spec["model"], "none", device=device, quick_gelu=spec["quick_gelu"] or None)

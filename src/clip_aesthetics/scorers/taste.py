@@ -59,15 +59,10 @@ class TasteScorer(Scorer):
             self.register_buffer(name, tensors[name].detach().float().clone().to(backbone.device))
         self.fit, self.prompts = fit, prompts
 
-    def score_features(self, features: torch.Tensor) -> ScoreOutput:
-        features = features.to(self.weight.device).float()
-        with torch.autocast(features.device.type, enabled=False):
-            generic = generic_score(features, self.prior_positive, self.prior_negative)
-            stars = self.coef[0] + self.coef[1] * generic + F.normalize(features, dim=-1) @ self.weight
-        return self._calibrated(ScoreOutput(score=stars_to_score(stars), raw=stars))
-
-    def forward(self, pixels: torch.Tensor) -> ScoreOutput:
-        return self.score_features(self.backbone.encode_image(pixels))
+    def compute_scores(self, features: torch.Tensor) -> ScoreOutput:
+        generic = generic_score(features, self.prior_positive, self.prior_negative)
+        stars = self.coef[0] + self.coef[1] * generic + F.normalize(features, dim=-1) @ self.weight
+        return ScoreOutput(score=stars_to_score(stars), raw=stars)
 
     def config(self) -> dict:
         return {**super().config(), "fit": self.fit, "prior": {"method": "zeroshot", "prompts": self.prompts}}
@@ -77,6 +72,5 @@ class TasteScorer(Scorer):
 
     @classmethod
     def from_saved(cls, config: dict, tensors: dict, backbone: Backbone) -> TasteScorer:
-        calibration = Calibration(**config["calibration"]) if config.get("calibration") else None
         prompts = (config.get("prior") or {}).get("prompts")
-        return cls(backbone, tensors, config.get("fit"), prompts, calibration)
+        return cls(backbone, tensors, config.get("fit"), prompts, Calibration.from_config(config))

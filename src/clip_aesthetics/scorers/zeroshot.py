@@ -70,9 +70,9 @@ class ZeroShotScorer(Scorer):
     def label_threshold(self) -> float:  # the closer group decides, unless calibrated onto AVA's scale
         return 5.0 if self.calibration else 5.5
 
-    def score_features(self, image_features: torch.Tensor) -> ScoreOutput:
-        """Scores from image embeddings (any dtype); used on cached features too."""
-        features = F.normalize(image_features.float(), dim=-1)
+    def compute_scores(self, features: torch.Tensor) -> ScoreOutput:
+        """Scores from float32 image embeddings (normalised here): the head of the contract."""
+        features = F.normalize(features, dim=-1)
         positive, negative = self.positive.float(), self.negative.float()
         if self.strategy == "context":
             best = (features @ self.contexts.float().T).argmax(dim=-1)
@@ -81,10 +81,7 @@ class ZeroShotScorer(Scorer):
         else:
             similarity = features @ positive - features @ negative
         raw = LOGIT_SCALE * similarity
-        return self._calibrated(ScoreOutput(score=1.0 + 9.0 * torch.sigmoid(raw), raw=raw))
-
-    def forward(self, pixels: torch.Tensor) -> ScoreOutput:
-        return self.score_features(self.backbone.encode_image(pixels))
+        return ScoreOutput(score=1.0 + 9.0 * torch.sigmoid(raw), raw=raw)
 
     def config(self) -> dict:
         return {
@@ -98,7 +95,7 @@ class ZeroShotScorer(Scorer):
 
     @classmethod
     def from_saved(cls, config: dict, tensors: dict, backbone: Backbone) -> ZeroShotScorer:
-        calibration = Calibration(**config["calibration"]) if config.get("calibration") else None
+        calibration = Calibration.from_config(config)
         context = tuple(config["context_prompts"]) if config.get("context_prompts") else None
         return cls(
             backbone,
