@@ -18,7 +18,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,8 +27,9 @@ import numpy as np
 
 from . import __version__
 from .datasets import ParsedDataset, Record, SplitInfo, load_dataset, split_records
+from .features.hub import CachedFeatures, score_records
 from .fileio import atomic_path, atomic_write, atomic_write_text, text_name
-from .images import DEFAULT_MAX_PIXELS, iter_batches
+from .images import DEFAULT_MAX_PIXELS
 from .metrics import bootstrap_ci, check_threshold, compute_metrics, emd, mae, mse, plcc, srcc
 from .scorers.base import Scorer
 
@@ -115,9 +115,11 @@ class EvaluationResult:
     metrics: dict[str, float]
     intervals: dict[str, tuple[float, float]]
     thresholds: dict[str, float]
-    seconds: float
+    seconds: float  # of the image pass, shared by every head on the same encoder
     scorer_config: dict = field(default_factory=dict)
     bootstrap: dict[str, Any] = field(default_factory=dict)
+    n_from_cache: int = 0  # records scored from a feature cache instead of pixels
+    feature_cache: dict | None = None  # that cache: path, precision, decoder
 
     @property
     def scored(self) -> np.ndarray:
@@ -151,43 +153,13 @@ class EvaluationResult:
                 "thresholds": self.thresholds,
                 "n_scored": self.n_scored,
                 "n_failed": self.n_failed,
+                "n_from_cache": self.n_from_cache,
+                "feature_cache": self.feature_cache,
                 "failed": self.failed,
                 "seconds": self.seconds,
                 "images_per_second": self.images_per_second,
             }
         )
-
-
-def _failure(record: Record, reason: str) -> dict[str, str]:
-    return {"id": record.id, "path": "" if record.path is None else str(record.path), "reason": reason}
-
-
-def _score_all(
-    scorer: Scorer, records: Sequence[Record], precision: str, **pipeline: Any
-) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, list[dict[str, str]]]:
-    """Stream ``records`` through the pipeline; per record: score, raw value, distribution (NaN if failed)."""
-    n = len(records)
-    pred, raw, dist = np.full(n, np.nan), None, None
-    failed = [_failure(r, "no image path") for r in records if r.path is None]
-    usable = np.array([i for i, r in enumerate(records) if r.path is not None], dtype=np.int64)
-    sources = [records[i].path for i in usable]
-    for batch in iter_batches(sources, scorer.backbone.preprocess_cfg, description="evaluating", **pipeline):
-        failed += [_failure(records[usable[j]], reason) for j, reason in batch.errors]
-        if not batch.indices:
-            continue
-        rows = usable[batch.indices]
-        output = scorer.score_images(batch.images, precision)
-        scores = output.score.numpy()
-        finite = np.isfinite(scores)  # a NaN/inf score would poison every metric: it counts as failed
-        failed += [_failure(records[i], "non-finite score") for i in rows[~finite]]
-        pred[rows] = np.where(finite, scores, np.nan)
-        if output.raw is not None:
-            raw = np.full(n, np.nan) if raw is None else raw
-            raw[rows] = output.raw.numpy()
-        if output.distribution is not None:
-            dist = np.full((n, N_BINS), np.nan, dtype=np.float32) if dist is None else dist
-            dist[rows] = output.distribution.numpy()
-    return pred, raw, dist, failed
 
 
 def _accuracy_fn(pred_threshold: float, threshold: float) -> Callable[[np.ndarray, np.ndarray], float]:
@@ -227,8 +199,16 @@ def _metrics(
     return metrics, intervals
 
 
-def evaluate_scorer(
-    scorer: Scorer,
+def evaluate_scorer(scorer: Scorer, records: Sequence[Record], **options: Any) -> EvaluationResult:
+    """Score labelled records in batches and compute SRCC, PLCC, accuracy, MSE, MAE (+ EMD, + intervals).
+
+    One scorer's :func:`evaluate_scorers`; the keyword options are the same.
+    """
+    return evaluate_scorers([scorer], records, **options)[0]
+
+
+def evaluate_scorers(
+    scorers: Sequence[Scorer],
     records: Sequence[Record],
     *,
     threshold: float = 5.0,
@@ -242,23 +222,27 @@ def evaluate_scorer(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     decode: str = "auto",
     progress: bool | None = None,
-) -> EvaluationResult:
-    """Score labelled records in batches and compute SRCC, PLCC, accuracy, MSE, MAE (+ EMD, + intervals).
+    caches: Sequence[CachedFeatures] = (),
+) -> list[EvaluationResult]:
+    """Evaluate several scorers on the same records, encoding each image once per encoder.
 
+    Heads on one encoder share one pass of the image pipeline, and records held by a matching feature
+    cache in ``caches`` are scored from their cached features (see :mod:`clip_aesthetics.features.hub`).
     Unreadable images are listed in ``failed`` and left out of the metrics. EMD is computed when the scorer
     gives distributions and every scored record has votes. With fewer than two scored images the metrics
     hold only ``n``.
 
     Args:
-        scorer: Any scorer; its predictions are compared with ``Record.mean``.
+        scorers: Any scorers; their predictions are compared with ``Record.mean``.
         records: Records with a ground-truth mean (all of them; unlabelled records are an error).
         threshold: A true mean above it is "good".
-        pred_threshold: A predicted score above it is "good"; default: the scorer's ``label_threshold``.
+        pred_threshold: A predicted score above it is "good"; default: each scorer's ``label_threshold``.
         bootstrap: Number of bootstrap resamples for confidence intervals (0: none).
         bootstrap_seed: Seed of the resampling.
         level: Confidence level of the intervals.
         batch_size, workers, precision, max_pixels, decode, progress: see
             :func:`~clip_aesthetics.images.iter_batches` and :meth:`Scorer.score_images`.
+        caches: complete ``embed`` caches to take features from instead of decoding images.
     """
     check_threshold(threshold, "--threshold")
     if pred_threshold is not None:
@@ -266,19 +250,29 @@ def evaluate_scorer(
     unlabelled = sum(1 for r in records if not r.has_label)
     if unlabelled:
         raise ValueError(f"evaluation needs labelled records; {unlabelled} of {len(records)} have no score")
-    start = time.perf_counter()
     pipeline = {"batch_size": batch_size, "workers": workers, "max_pixels": max_pixels, "progress": progress}
-    pipeline.update(pin_memory=scorer.device.type == "cuda", device=scorer.device, decode=decode)
-    pred, raw, dist, failed = _score_all(scorer, records, precision, **pipeline)
-    seconds = time.perf_counter() - start
-    thresholds = {"true": float(threshold), "pred": float(scorer.label_threshold)}
-    if pred_threshold is not None:
-        thresholds["pred"] = float(pred_threshold)
-    boot = {"n": bootstrap, "seed": bootstrap_seed, "level": level} if bootstrap else {}
-    metrics, intervals = _metrics(records, pred, dist, thresholds, boot)
-    return EvaluationResult(
-        records, pred, raw, dist, failed, metrics, intervals, thresholds, seconds, scorer.config(), boot
+    scored = score_records(
+        scorers,
+        records,
+        caches=caches,
+        precision=precision,
+        decode=decode,
+        description="evaluating",
+        **pipeline,
     )
+    boot = {"n": bootstrap, "seed": bootstrap_seed, "level": level} if bootstrap else {}
+    results = []
+    for scorer, out in zip(scorers, scored, strict=True):
+        thresholds = {"true": float(threshold), "pred": float(scorer.label_threshold)}
+        if pred_threshold is not None:
+            thresholds["pred"] = float(pred_threshold)
+        metrics, intervals = _metrics(records, out.pred, out.dist, thresholds, boot)
+        result = EvaluationResult(
+            records, out.pred, out.raw, out.dist, out.failed, metrics, intervals, thresholds, out.seconds,
+            scorer.config(), boot, out.from_cache, out.feature_cache,
+        )  # fmt: skip
+        results.append(result)
+    return results
 
 
 def write_predictions(result: EvaluationResult, path: Path | str) -> Path:

@@ -327,3 +327,55 @@ def build_scorer(
             "drop --model/--pretrained/--positive/--negative"
         )
     return load_scorer(source, device=device)
+
+
+def load_scorer_groups(
+    sources: Sequence[str],
+    *,
+    model: str | None = None,
+    pretrained: str | None = None,
+    prompts: PromptGroups | None = None,
+    device: str | None = None,
+) -> Iterator[list[tuple[int, Scorer]]]:
+    """Load scorers one encoder at a time: ``[(index in sources, scorer), ...]`` per group.
+
+    Sources are as in :func:`build_scorer` (``model``/``pretrained``/``prompts`` describe ``zeroshot`` and
+    ``laion:``). Scorer files that name the same frozen encoder (see
+    :func:`~clip_aesthetics.scorers.base.encoder_identity`) are loaded onto one backbone instance, shared with
+    a ``zeroshot``/``laion:`` scorer on that encoder, so the evaluation hub encodes each image once for all
+    of them; a fine-tuned scorer (its own tower) is a group of one. Only one group's models are alive at a
+    time if the caller drops each group before asking for the next. Every file's config is read first, so a
+    bad file fails before any model is loaded.
+    """
+    from .scorers import load_scorer
+    from .scorers.base import encoder_identity
+    from .scorers.registry import backbone_for, read_scorer_config
+
+    configs = {i: read_scorer_config(s) for i, s in enumerate(sources) if not _is_method(s)}
+    keys = {i: None if _own_tower(c) else encoder_identity(c["backbone"]) for i, c in configs.items()}
+    done: set[int] = set()
+    live_first = sorted(range(len(sources)), key=lambda i: i in configs)  # their encoder is known once built
+    for i in live_first:
+        source = sources[i]
+        if i in done:
+            continue
+        if i in configs:
+            backbone, key, members = backbone_for(configs[i], device), keys[i], []
+            same = [j for j in configs if j not in done and keys[j] == key] if key is not None else [i]
+        else:
+            lead = build_scorer(source, model=model, pretrained=pretrained, prompts=prompts, device=device)
+            backbone, key, members = lead.backbone, encoder_identity(lead.backbone.describe()), [(i, lead)]
+            same = [j for j in configs if j not in done and keys[j] == key]
+        members += [(j, load_scorer(sources[j], backbone=backbone)) for j in same]
+        done.update(j for j, _ in members)
+        yield members
+
+
+def _is_method(source: str) -> bool:
+    return source == "zeroshot" or source.startswith("laion:")
+
+
+def _own_tower(config: dict) -> bool:
+    from .scorers.registry import scorer_class
+
+    return bool(getattr(scorer_class(config.get("method")), "holds_tower_weights", False))

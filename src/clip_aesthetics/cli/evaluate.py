@@ -16,6 +16,7 @@ from ..evaluation import (
     EvaluationSet,
     comparison_row,
     evaluate_scorer,
+    evaluate_scorers,
     load_split,
     metrics_document,
     package_versions,
@@ -23,13 +24,14 @@ from ..evaluation import (
     write_json,
     write_predictions,
 )
+from ..features.hub import CachedFeatures, open_caches
 from ..fileio import atomic_write_text, check_outputs
 from ..images import DEFAULT_MAX_PIXELS
 from ..prompts import PromptGroups
 from ..report import render_evaluation_report, write_html
 from ..scorers.base import Scorer
 from ..scorers.registry import scorer_file_method
-from ..scoring import build_scorer
+from ..scoring import build_scorer, load_scorer_groups
 from .app import EXIT_NOTHING_DONE, app, console, err_console, fail, user_errors, warn
 from .score import prompt_groups
 
@@ -73,6 +75,14 @@ Decode = Annotated[str, typer.Option(help="JPEG decoding: auto (nvJPEG on CUDA),
 Device = Annotated[str, typer.Option(help="auto (CUDA if present), cpu, cuda, cuda:1, ...")]
 Precision = Annotated[str, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16, fp16.")]
 MaxPixels = Annotated[int, typer.Option(min=1, help="Larger images count as unreadable.")]
+FeatureCaches = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--features",
+        help="A feature cache made by `embed` (repeatable): records it holds are scored from their "
+        "features when it was made with the scorer's model, weights and preprocessing.",
+    ),
+]
 
 
 def resolve_method(method: str | None, scorer_file: str | None) -> str:
@@ -178,6 +188,7 @@ def evaluate(
     precision: Precision = "auto",
     decode: Decode = "auto",
     max_pixels: MaxPixels = DEFAULT_MAX_PIXELS,
+    features: FeatureCaches = None,
 ) -> None:
     """Evaluate one scorer on a labelled dataset split: metrics JSON, predictions CSV, optional plots."""
     _check_suffix(output, ".json", "--output")
@@ -189,9 +200,12 @@ def evaluate(
     _check_file_options(scorer_file, model, pretrained, groups)
     evaluation_set = _load_set(root, dataset, split, split_kind, split_seed, manifest)
     scorer = _build(scorer_file, model, pretrained, groups, device)
+    caches = open_caches(features or [])
+    _check_caches(caches, scorer)
     result = evaluate_scorer(
         scorer,
         evaluation_set.records,
+        caches=caches,
         threshold=threshold,
         pred_threshold=pred_threshold,
         bootstrap=bootstrap,
@@ -218,6 +232,14 @@ def evaluate(
         raise fail(
             f"only {result.n_scored} of {len(result.records)} images could be scored", EXIT_NOTHING_DONE
         )
+
+
+def _check_caches(caches: list[CachedFeatures], scorer: Scorer) -> None:
+    """Refuse a --features cache that cannot stand in for the scorer's encoder, saying why."""
+    for cache in caches:
+        reason = cache.mismatch(scorer)
+        if reason is not None:
+            raise ValueError(f"--features {cache.path} does not match this scorer: {reason}")
 
 
 def evaluation_html(result: EvaluationResult, title: str) -> str:
@@ -304,6 +326,7 @@ def compare(
     precision: Precision = "auto",
     decode: Decode = "auto",
     max_pixels: MaxPixels = DEFAULT_MAX_PIXELS,
+    features: FeatureCaches = None,
 ) -> None:
     """Evaluate several scorers on the same split and write one table (Markdown, and JSON with --json)."""
     _check_suffix(output, ".md", "--output")
@@ -319,21 +342,40 @@ def compare(
         )
     for path in scorer_files:
         scorer_file_method(path)  # fail on a bad file now, not after the first scorer has run
+    caches = open_caches(features or [])
     evaluation_set = _load_set(root, dataset, split, split_kind, split_seed, manifest)
     options = {"threshold": threshold, "bootstrap": bootstrap, "batch_size": batch_size, "workers": workers}
-    options.update(precision=precision, max_pixels=max_pixels, decode=decode)
-    named: list[tuple[str, EvaluationResult]] = []
-    for name, path in _names(scorer_files, zeroshot):
-        # --model/--pretrained/prompts describe the zero-shot scorer; a file names its own backbone.
-        backbone = (model, pretrained, groups) if path is None else (None, None, None)
-        scorer = _build(path, *backbone, device)
-        result = evaluate_scorer(scorer, evaluation_set.records, **options)
-        del scorer  # one model in memory at a time
-        gc.collect()
+    options.update(precision=precision, max_pixels=max_pixels, decode=decode, caches=caches)
+    names = _names(scorer_files, zeroshot)
+    sources = ["zeroshot" if path is None else path for _, path in names]
+    # --model/--pretrained/prompts describe the zero-shot scorer; a file names its own backbone.
+    zeroshot_options = {"model": model, "pretrained": pretrained, "prompts": groups, "device": device}
+    results = _evaluate_by_encoder(sources, zeroshot_options, evaluation_set, options)
+    named = [(name, results[i]) for i, (name, _) in enumerate(names)]
+    for _, result in named:
         _report_failed(result)
-        named.append((name, result))
     print_results(named, f"{dataset} {split}: {len(evaluation_set.records)} images")
     _write_comparison(named, evaluation_set, threshold, output, json_output)
+
+
+def _evaluate_by_encoder(
+    sources: list[str], zeroshot_options: dict, evaluation_set: EvaluationSet, options: dict
+) -> dict[int, EvaluationResult]:
+    """Results by source index; heads on one encoder together, so each image is encoded once for them."""
+    results: dict[int, EvaluationResult] = {}
+    used: set[Path] = set()
+    for group in load_scorer_groups(sources, **zeroshot_options):
+        indices, scorers = zip(*group, strict=True)
+        results.update(
+            zip(indices, evaluate_scorers(scorers, evaluation_set.records, **options), strict=True)
+        )
+        used |= {c.path for c in options["caches"] if c.mismatch(scorers[0]) is None}
+        del group, scorers  # one encoder in memory at a time
+        gc.collect()
+    for cache in options["caches"]:
+        if cache.path not in used:
+            warn("note:", f"--features {cache.path} matched none of the scorers' encoders")
+    return results
 
 
 def _write_comparison(

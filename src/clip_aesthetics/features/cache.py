@@ -136,7 +136,9 @@ def open_for_writing(out: Path, plan: dict, overwrite: bool) -> dict:
     if existing is None and any(p for p in out.iterdir() if p not in _cache_files(out)):
         raise ValueError(f"{out} is not empty and holds no feature cache: choose a new or empty --out")
     if existing is not None:
-        diff = _first_difference({k: existing.get(k) for k in plan}, plan)
+        # a finished cache serves any batch size: the shard size only matters for resuming
+        compared = [k for k in plan if not (k == "shard_size" and existing.get("complete"))]
+        diff = _first_difference({k: existing.get(k) for k in compared}, {k: plan[k] for k in compared})
         if diff is None:
             return existing
         if not overwrite:

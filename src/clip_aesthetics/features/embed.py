@@ -189,6 +189,7 @@ def embed_records(
     decoder = "gpu" if resolve_decode(decode, backbone.device) else "cpu"
     plan = cache_plan(backbone, records, source, precision, shard_size, decoder)
     manifest = open_for_writing(out, plan, overwrite)
+    shard_size = manifest["shard_size"]  # a finished cache made with another batch size is used as it is
     n_shards = -(-len(records) // shard_size)
     pending = pending_shards(out, manifest, n_shards)
     order = [i for k in pending for i in range(k * shard_size, min(len(records), (k + 1) * shard_size))]

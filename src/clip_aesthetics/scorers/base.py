@@ -121,7 +121,7 @@ class Scorer(nn.Module):
         """
         if not self.scores_features:
             return None
-        return json.dumps(self.backbone.describe(), sort_keys=True)
+        return encoder_identity(self.backbone.describe(), self.backbone)
 
     @property
     def scores_features(self) -> bool:
@@ -197,6 +197,20 @@ class Scorer(nn.Module):
                 return self.encode(self.backbone.normalize(part))
 
         return split_on_oom(run, images, torch.cat)
+
+
+def encoder_identity(description: dict, backbone: Backbone | None = None) -> str:
+    """A frozen encoder's identity from its ``Backbone.describe()`` (as scorer files and caches store it).
+
+    Spec, weights identity, activation and preprocessing decide the features; the ``pretrained`` field is
+    left out (a default tag and the same tag named give the same weights id). Random weights are drawn anew
+    by every load, so they are only the same encoder as the very same loaded ``backbone``.
+    """
+    keys = ("model", "kind", "feature_dim", "weights_id", "quick_gelu", "preprocess")
+    identity = {k: description.get(k) for k in keys}
+    if str(description.get("weights_id", "")).endswith(":random"):
+        identity["instance"] = id(backbone) if backbone is not None else None
+    return json.dumps(identity, sort_keys=True)
 
 
 def split_on_oom(fn: Callable, images: torch.Tensor, join: Callable):
