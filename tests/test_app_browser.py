@@ -116,6 +116,14 @@ def open_app(browser, port: int):  # noqa: F811
     return page, problems
 
 
+def wait_until(page, expression: str, seconds: float = 10) -> None:
+    """Poll ``expression`` from Python (wait_for_function evaluates strings, which the page's CSP forbids)."""
+    deadline = time.monotonic() + seconds
+    while not page.evaluate(expression):
+        assert time.monotonic() < deadline, f"timed out waiting for {expression}"
+        page.wait_for_timeout(50)
+
+
 def selected(page) -> str:
     return page.get_attribute(".card.selected", "data-path")
 
@@ -192,7 +200,7 @@ def test_stacks_open_and_the_large_view_explains_the_score(browser, server: int)
     assert siblings == [burst["frames"][1]["path"]]
     page.keyboard.press("Enter")
     page.wait_for_selector("#viewer:not([hidden])")
-    page.wait_for_function("document.getElementById('large').naturalWidth > 0")
+    wait_until(page, "document.getElementById('large').naturalWidth > 0")
     with page.expect_response(lambda r: "/api/why" in r.url) as answer:
         page.click("#why")
     heat = answer.value.json()
@@ -246,3 +254,27 @@ def test_learn_my_taste_refits_and_reranks(server: int) -> None:
     assert fit["n_ratings"] == 12 and Path(fit["file"]).is_file()
     after = photos(server)
     assert after["scorer"] == "taste" and after["taste"]["n_ratings"] == 12
+
+
+def test_progress_bar_while_the_shoot_is_analysed(browser, server: int) -> None:  # noqa: F811
+    """The page polls the status: while it says "analysing" a progress bar shows, then the grid loads."""
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    answers = iter([(0, 12), (3, 12), (7, 12)])
+
+    def analysing(route) -> None:
+        step = next(answers, None)
+        if step is None:
+            route.continue_()  # the real server: ready
+            return
+        body = {"state": "analysing", "done": step[0], "total": step[1], "error": None, "folder": "shoot"}
+        route.fulfill(status=200, content_type="application/json", body=json.dumps(body))
+
+    page.route("**/api/status", analysing)
+    page.goto(f"http://127.0.0.1:{server}/")
+    page.wait_for_selector("#progress:not([hidden])")
+    wait_until(page, "document.getElementById('progress-bar').value >= 3")
+    assert page.get_attribute("#progress-bar", "max") == "12"
+    assert "of 12 photos" in page.text_content("#progress-text")
+    page.wait_for_selector(".card.selected")
+    assert page.is_hidden("#progress")
+    page.close()

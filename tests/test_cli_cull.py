@@ -102,6 +102,11 @@ def test_cull_reopens_from_the_cache(shoot: Path, tmp_path: Path, tiny_clip_spec
 def test_cull_usage_errors(shoot: Path, tmp_path: Path, tiny_clip_spec: str) -> None:
     result = cull(shoot, tmp_path / "g.csv", tiny_clip_spec, "--reject-duplicates")
     assert result.exit_code == 2 and "--xmp" in result.output
+    for bad in ("groups.txt", "."):  # a format we do not write, a folder: refused before any work
+        result = cull(shoot, tmp_path / bad, tiny_clip_spec)
+        assert result.exit_code == 2 and "Traceback" not in result.output
+    result = CliRunner().invoke(app, ["taste", "fit", str(shoot), "-o", str(tmp_path / "t.json")])
+    assert result.exit_code == 2 and ".safetensors" in result.output
     empty = tmp_path / "empty"
     empty.mkdir()
     assert cull(empty, tmp_path / "g.csv", tiny_clip_spec).exit_code == 1

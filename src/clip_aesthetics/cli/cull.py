@@ -73,10 +73,12 @@ def cull(
     """Group bursts and near-duplicates, pick the best frame of each, optionally rate in XMP sidecars."""
     from ..culling.cull import cull_rows, write_sidecars
     from ..culling.shoot import analyse_folder
-    from ..scoring import errors_path_for, write_rows
+    from ..fileio import check_outputs
+    from ..scoring import check_output_format, errors_path_for, write_rows
 
     if (reject_duplicates or overwrite_ratings) and not xmp:
         raise fail("--reject-duplicates and --overwrite-ratings change sidecars: add --xmp")
+    check_outputs(check_output_format(output), errors_path_for(output).with_suffix(".csv"))  # before work
     scorer = _scorer(scorer_file, model, pretrained, positive, negative, prompts, device)
     shoot = analyse_folder(
         folder, scorer.backbone, batch_size=batch_size, workers=workers, precision=precision
@@ -122,10 +124,12 @@ def taste_fit(
 
     from ..culling.shoot import analyse_folder
     from ..culling.taste import fit_taste, ratings_for, read_ratings_csv, taste_scorer
+    from ..fileio import check_outputs
     from ..scorers.registry import save_scorer
 
     if output.suffix != ".safetensors":
         raise fail(f"the taste head is a .safetensors scorer file, not {output.name!r}")
+    check_outputs(output)
     prior = _scorer(None, model, pretrained, positive, negative, prompts, device)
     csv_ratings = read_ratings_csv(ratings) if ratings else None
     paths, features = [], []
