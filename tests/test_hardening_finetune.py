@@ -6,6 +6,10 @@ Each ends in one clear message, keeps every finished epoch, and leaves a run tha
 from __future__ import annotations
 
 import errno
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,8 +20,16 @@ from clip_aesthetics.cli import app
 from clip_aesthetics.datasets import make_synthetic_ava
 from clip_aesthetics.finetune import TrainConfig, finetune, resume_config
 from clip_aesthetics.finetune import checkpoint as checkpoint_module
-from clip_aesthetics.finetune.checkpoint import DiskFullError, is_disk_full, load_checkpoint
+from clip_aesthetics.finetune import train as train_module
+from clip_aesthetics.finetune.checkpoint import (
+    DiskFullError,
+    is_disk_full,
+    load_checkpoint,
+    save_checkpoint,
+)
 from clip_aesthetics.finetune.train import DivergenceError, Trainer
+
+TESTS = Path(__file__).parent
 
 
 @pytest.fixture(autouse=True)
@@ -51,10 +63,10 @@ def _crash_in_epoch(monkeypatch: pytest.MonkeyPatch, epoch: int, error: BaseExce
     """Make training die inside epoch ``epoch`` (1-based), as a kill or a crash would."""
     real = Trainer.train_epoch
 
-    def train_epoch(self: Trainer) -> dict:
+    def train_epoch(self: Trainer, *args) -> dict:
         if self.epoch + 1 == epoch:
             raise error
-        return real(self)
+        return real(self, *args)
 
     monkeypatch.setattr(Trainer, "train_epoch", train_epoch)
 
@@ -86,6 +98,64 @@ def test_a_run_killed_in_its_first_epoch_resumes_or_restarts(
     )
     with pytest.raises(ValueError, match="already holds a run"):  # a run with a checkpoint stays protected
         finetune(config(ava, tiny_clip_spec), again)
+
+
+def _kill_at_micro_batch(monkeypatch: pytest.MonkeyPatch, epoch: int, micro: int) -> None:
+    """Raise KeyboardInterrupt (as Ctrl-C would) before micro-batch ``micro`` (1-based) of ``epoch``."""
+    real_step, calls = Trainer._step, []
+
+    def step(self: Trainer, *args) -> torch.Tensor:
+        if self.epoch + 1 == epoch:
+            calls.append(1)
+            if len(calls) == micro:
+                raise KeyboardInterrupt
+        return real_step(self, *args)
+
+    monkeypatch.setattr(Trainer, "_step", step)
+
+
+@pytest.mark.parametrize("epoch", [1, 2])
+def test_a_run_killed_mid_epoch_resumes_exactly_from_a_mid_epoch_checkpoint(
+    ava: Path, tiny_clip_spec: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, epoch: int
+) -> None:
+    # every random part at once (dropout, augmentation, warm-up + cosine) and accumulation across the cut
+    recipe = dict(schedule="cosine", warmup_epochs=0.5, dropout=0.2, augment=True, accumulate=2)
+    straight = finetune(config(ava, tiny_clip_spec, **recipe), tmp_path / "straight")
+    run = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        patch.setattr(train_module, "FINITE_CHECK_STEPS", 1)  # check (and save) at every optimiser step
+        patch.setattr(train_module, "CHECKPOINT_SECONDS", 0.0)
+        _kill_at_micro_batch(patch, epoch, micro=4)  # micro-batches 1-2 and 3-4 make the epoch's steps
+        with pytest.raises(KeyboardInterrupt):
+            finetune(config(ava, tiny_clip_spec, **recipe), run)
+    saved = load_checkpoint(run / "last.pt")
+    assert saved["epoch"] == epoch - 1 and saved["partial_epoch"]["ranks"][0]["micro_done"] == 2
+    resumed = finetune(resume_config(run), run, resume=True)
+    assert resumed.finished and [row["epoch"] for row in resumed.history] == [1, 2]
+    for a, b in zip(straight.history, resumed.history, strict=True):
+        for key in ("train_loss", "train_images", "val_emd", "val_srcc", "lr_tower"):
+            assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-9), key
+    for (name, a), b in zip(
+        straight.model.state_dict().items(), resumed.model.state_dict().values(), strict=True
+    ):
+        torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-7, msg=name)
+
+
+def test_a_mid_epoch_checkpoint_needs_the_same_number_of_processes(
+    ava: Path, tiny_clip_spec: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        patch.setattr(train_module, "FINITE_CHECK_STEPS", 1)
+        patch.setattr(train_module, "CHECKPOINT_SECONDS", 0.0)
+        _kill_at_micro_batch(patch, 1, micro=3)
+        with pytest.raises(KeyboardInterrupt):
+            finetune(config(ava, tiny_clip_spec), run)
+    saved = load_checkpoint(run / "last.pt")
+    ranks = saved["partial_epoch"]["ranks"]
+    save_checkpoint({**saved, "partial_epoch": {"ranks": ranks * 2}}, run / "last.pt")
+    with pytest.raises(ValueError, match="saved during epoch 1 by 2 processes: resume it with 2"):
+        finetune(resume_config(run), run, resume=True)
 
 
 def test_a_diverging_run_stops_with_a_clear_message(ava: Path, tiny_clip_spec: str, tmp_path: Path) -> None:
@@ -172,3 +242,27 @@ def test_disk_full_is_found_in_any_form() -> None:
     except RuntimeError as exc:
         assert is_disk_full(exc)
     assert not is_disk_full(RuntimeError("unexpected pos 1 vs 2"))
+
+
+def test_torchrun_resumes_mid_epoch_exactly(ava: Path, tiny_clip_spec: str, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def torchrun(mode: str, runs: Path) -> None:
+        command = [
+            sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+            str(TESTS / "finetune_ddp_resume_worker.py"), mode, str(ava), tiny_clip_spec, str(runs), str(out),
+        ]  # fmt: skip
+        done = subprocess.run(command, capture_output=True, text=True, timeout=240, env=env)
+        assert done.returncode == 0, done.stderr[-3000:]
+
+    torchrun("first", tmp_path)  # a straight run, and a run cut in epoch 2
+    ranks = load_checkpoint(tmp_path / "cut" / "last.pt")["partial_epoch"]["ranks"]
+    assert [r["micro_done"] for r in ranks] == [2, 2]  # both ranks' progress, saved by rank 0
+    torchrun("resume", tmp_path)
+    results = {name: json.loads((out / f"{name}.json").read_text()) for name in
+               ("straight-rank0", "straight-rank1", "resume-rank0", "resume-rank1")}  # fmt: skip
+    assert len({r["sha256"] for r in results.values()}) == 1  # identical on every rank, as if never cut
+    for a, b in zip(results["straight-rank0"]["history"], results["resume-rank0"]["history"], strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-9)

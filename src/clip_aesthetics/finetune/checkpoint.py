@@ -2,6 +2,7 @@
 
 A checkpoint holds everything a resumed run needs: model, optimiser and scheduler states, the number of
 finished epochs, the early-stopping state, the metrics history and the random number generator states.
+One written in the middle of an epoch also holds every rank's :class:`EpochProgress`.
 It is written to a temporary file in the same folder and moved over the old one with ``os.replace``, so a
 crash while saving leaves the previous checkpoint intact, never half a file.
 """
@@ -11,6 +12,9 @@ from __future__ import annotations
 import errno
 import os
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +23,26 @@ import torch
 from ..fileio import atomic_write
 
 FORMAT_VERSION = 1
+
+
+@dataclass
+class EpochProgress:
+    """How far one rank is into an epoch: what a mid-epoch checkpoint keeps to continue that epoch exactly.
+
+    Attributes:
+        micro_done: micro-batches of this rank's epoch order already trained (always at an optimiser step).
+        loss_sum, images, skipped, seconds: the epoch's running totals on this rank.
+        lrs: the learning rates at the epoch's start (its metrics row reports those).
+        rng: this rank's generator states after the last step.
+    """
+
+    micro_done: int
+    loss_sum: float
+    images: float
+    skipped: int
+    seconds: float
+    lrs: dict
+    rng: dict
 
 
 def save_checkpoint(payload: dict, path: str | os.PathLike) -> Path:
@@ -74,6 +98,38 @@ def is_disk_full(exc: BaseException) -> bool:
             return True
         exc = exc.__cause__ or exc.__context__
     return False
+
+
+def epoch_progress(checkpoint: dict, path: Path, ctx) -> EpochProgress | None:
+    """This rank's progress through a checkpoint's unfinished epoch; None when saved between epochs.
+
+    Raises:
+        ValueError: the checkpoint was saved mid-epoch by another number of processes (each had its shard).
+    """
+    ranks = (checkpoint.get("partial_epoch") or {}).get("ranks")
+    if not ranks:
+        return None
+    if len(ranks) != ctx.world_size:
+        raise ValueError(
+            f"{path} was saved during epoch {int(checkpoint['epoch']) + 1} by {len(ranks)} processes: "
+            f"resume it with {len(ranks)} (this run has {ctx.world_size})"
+        )
+    return EpochProgress(**ranks[ctx.rank])
+
+
+@contextmanager
+def disk_full_reported(what: str, run_dir: Path) -> Iterator[None]:
+    """Turn a full disk while writing ``what`` into a :class:`DiskFullError` that says what to do."""
+    try:
+        yield
+    except Exception as exc:
+        if not is_disk_full(exc):
+            raise
+        raise DiskFullError(
+            errno.ENOSPC,
+            f"disk full while saving {what} in {run_dir}; every file there is whole (written atomically). "
+            f"Free some space, then continue with --resume {run_dir}",
+        ) from None
 
 
 def rng_states() -> dict:

@@ -7,7 +7,6 @@ and only rank 0 writes files. See :mod:`clip_aesthetics.finetune` for the launch
 
 from __future__ import annotations
 
-import errno
 import math
 import os
 import time
@@ -28,8 +27,9 @@ from ..scorers.registry import read_scorer_file, save_scorer
 from . import distributed as dist
 from . import report
 from .checkpoint import (
-    DiskFullError,
-    is_disk_full,
+    EpochProgress,
+    disk_full_reported,
+    epoch_progress,
     restore_rng_states,
     rng_states,
     save_checkpoint,
@@ -42,8 +42,10 @@ from .model import FinetuneModel, freeze
 from .optim import build_optimizer, build_scheduler
 
 # How often (optimiser steps) the running loss is checked for NaN/inf: each check waits for the device, and
-# a diverged run should not burn a whole epoch first.
+# a diverged run should not burn a whole epoch first. At a check, once CHECKPOINT_SECONDS have passed since
+# the last save, last.pt is written mid-epoch too: a kill loses at most about that much training.
 FINITE_CHECK_STEPS = 20
+CHECKPOINT_SECONDS = 600.0
 
 
 class DivergenceError(RuntimeError):
@@ -116,6 +118,9 @@ class Trainer:
         self.history: list[dict] = []
         self.best_state: dict[str, torch.Tensor] | None = None
         self.epoch = 0
+        self.progress: EpochProgress | None = None  # where a mid-epoch checkpoint left this rank's epoch
+        self.saved = "no epoch had finished, so none was saved"  # what last.pt holds, for error messages
+        self.last_save = time.monotonic()
         self.workers = config.workers
         if self.workers is None:
             # decoding is what limits a GPU's training rate: use every core this process's share of the
@@ -137,6 +142,10 @@ class Trainer:
         self.history = list(checkpoint["history"])
         self.epoch = int(checkpoint["epoch"])
         restore_rng_states(checkpoint["rng"])
+        self.saved = f"{self.run_dir / report.LAST_CHECKPOINT} keeps epoch {self.epoch}"
+        self.progress = epoch_progress(checkpoint, self.run_dir / report.LAST_CHECKPOINT, self.ctx)
+        if self.progress is not None:
+            self.saved += f" and {self.progress.micro_done} micro-batches of epoch {self.epoch + 1}"
         best = self.run_dir / report.BEST_SCORER
         if best.is_file():
             self.best_state = read_scorer_file(best)[1]
@@ -176,23 +185,31 @@ class Trainer:
         }
 
     # ----- training
-    def train_epoch(self) -> dict:
-        """One pass over this rank's shard; returns train loss, image and skip counts, throughput."""
+    def train_epoch(self, lrs: dict) -> dict:
+        """One pass over this rank's shard (the rest of it after a mid-epoch checkpoint); returns train loss,
+        image and skip counts, throughput."""
         config, ctx, split = self.config, self.ctx, self.splits["train"]
         self.model.train()
         if config.freeze_backbone:
             self.model.tower.eval()  # a frozen tower keeps its normalisation statistics too
+        resumed, self.progress = self.progress, None
+        first = resumed.micro_done if resumed else 0
         order = epoch_order(len(split), config.seed, self.epoch, ctx.rank, ctx.world_size)
         n_micro = math.ceil(len(order) / self.micro)
-        loss_sum = torch.zeros((), dtype=torch.float64, device=ctx.device)  # on device: no sync per step
-        images, skipped = 0.0, 0
+        # running totals on the device: no sync per step
+        loss_sum = torch.tensor(resumed.loss_sum if resumed else 0.0, dtype=torch.float64, device=ctx.device)
+        images, skipped, earlier = (
+            (resumed.images, resumed.skipped, resumed.seconds) if resumed else (0.0, 0, 0.0)
+        )
         start = time.perf_counter()
         batches = iter_indexed_batches(
-            split.paths, order, self.backbone.preprocess_cfg, batch_size=self.micro, workers=self.workers,
-            pin_memory=ctx.device.type == "cuda", progress=None if ctx.is_main else False,
-            description=f"epoch {self.epoch + 1}",
+            split.paths, order[first * self.micro :], self.backbone.preprocess_cfg, batch_size=self.micro,
+            workers=self.workers, pin_memory=ctx.device.type == "cuda",
+            progress=None if ctx.is_main else False, description=f"epoch {self.epoch + 1}",
         )  # fmt: skip
-        for i, (batch, indices) in enumerate(batches):
+        for i, (batch, indices) in enumerate(batches, start=first):
+            if resumed is not None and i == first:  # after the loader drew its seed, as it had before
+                restore_rng_states(resumed.rng)
             group = min(config.accumulate, n_micro - (i // config.accumulate) * config.accumulate)
             sync = (i + 1) % config.accumulate == 0 or i + 1 == n_micro
             skipped += len(batch.errors)
@@ -203,10 +220,10 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 self.scheduler.step()
                 if (i // config.accumulate + 1) % FINITE_CHECK_STEPS == 0:
-                    self._check_finite(
-                        loss_sum.clone(), f"training loss by step {i // config.accumulate + 1}"
-                    )
-        seconds = time.perf_counter() - start
+                    seconds = earlier + time.perf_counter() - start
+                    progress = EpochProgress(i + 1, 0.0, images, skipped, seconds, lrs, {})
+                    self._check_in_epoch(loss_sum, progress)
+        seconds = earlier + time.perf_counter() - start
         totals = torch.stack([loss_sum, loss_sum.new_tensor(images), loss_sum.new_tensor(skipped)])
         loss_sum, images, skipped = dist.all_reduce_sum(totals).tolist()
         self._check_finite(torch.tensor(loss_sum), "training loss")
@@ -218,19 +235,34 @@ class Trainer:
             "images_per_s": images / seconds if seconds > 0 else float("nan"),
         }
 
-    def _check_finite(self, value: torch.Tensor, what: str) -> None:
-        """Raise :class:`DivergenceError` on every rank at once when ``value`` is NaN/inf on any rank."""
-        bad = dist.all_reduce_sum((~torch.isfinite(value)).to(torch.float32).reshape(1))
-        if bad.item() == 0:
-            return
-        kept = (
-            f"{self.run_dir / report.LAST_CHECKPOINT} keeps epoch {self.epoch}"
-            if self.epoch
-            else "no epoch had finished, so none was saved"
+    def _check_in_epoch(self, loss_sum: torch.Tensor, progress: EpochProgress) -> None:
+        """Every rank at once: stop if the loss is NaN/inf anywhere, else save mid-epoch when one is due."""
+        due = self.ctx.is_main and time.monotonic() - self.last_save >= CHECKPOINT_SECONDS
+        weights_ok = not due or bool(
+            torch.stack([torch.isfinite(p).all() for p in self.model.parameters()]).all()
         )
+        what = f"training loss by micro-batch {progress.micro_done}" + (
+            "" if weights_ok else " (or the weights)"
+        )
+        if self._check_finite(loss_sum if weights_ok else loss_sum.new_tensor(math.nan), what, due):
+            progress.loss_sum, progress.rng = float(loss_sum), rng_states()
+            self._save(improved=False, val=None, ranks=dist.all_gather_objects(vars(progress)))
+
+    def _check_finite(self, value: torch.Tensor, what: str, due: bool = False) -> bool:
+        """Raise :class:`DivergenceError` on every rank at once when ``value`` is NaN/inf on any rank.
+
+        In the same collective, returns whether any rank set ``due`` (asked for a mid-epoch save).
+        """
+        flags = torch.stack(
+            [~torch.isfinite(value.detach().double()), torch.tensor(due, device=value.device)]
+        )
+        bad, due_anywhere = dist.all_reduce_sum(flags.to(torch.float32)).tolist()
+        if bad == 0:
+            return due_anywhere > 0
         raise DivergenceError(
-            f"training diverged: the {what} in epoch {self.epoch + 1} is NaN or infinite; nothing of that "
-            f"epoch was kept ({kept}). Lower the learning rates or use --precision fp32, in a new run folder"
+            f"training diverged: the {what} in epoch {self.epoch + 1} is NaN or infinite; the state after "
+            f"it was not saved ({self.saved}). Lower the learning rates or use --precision fp32, in a new "
+            "run folder"
         )
 
     def _step(
@@ -288,11 +320,16 @@ class Trainer:
         while self.epoch < config.max_epochs and not self.stopper.stopped:
             if stop_after is not None and self.epoch >= stop_after:
                 return
-            seed_epoch(config.seed, self.epoch, self.ctx.rank)
-            lrs = {
-                f"lr_{g['name']}": g["lr"] for g in self.optimizer.param_groups if "no_decay" not in g["name"]
-            }
-            row = {"epoch": self.epoch + 1, **lrs, **self.train_epoch()}
+            if self.progress is None:  # a fresh epoch; a resumed one restores its generators itself
+                seed_epoch(config.seed, self.epoch, self.ctx.rank)
+                lrs = {
+                    f"lr_{g['name']}": g["lr"]
+                    for g in self.optimizer.param_groups
+                    if "no_decay" not in g["name"]
+                }
+            else:
+                lrs = self.progress.lrs
+            row = {"epoch": self.epoch + 1, **lrs, **self.train_epoch(lrs)}
             val = self.evaluate(self.splits["val"], "validation")
             self._check_finite(torch.tensor(val[self.metric]), f"validation {self.metric}")
             row.update({f"val_{k}": v for k, v in val.items()})
@@ -314,21 +351,27 @@ class Trainer:
             + (" (best)" if row["best"] else "")
         )
 
-    def _save(self, improved: bool, val: dict) -> None:
+    def _save(self, improved: bool, val: dict | None, ranks: list[dict] | None = None) -> None:
+        """Write the epoch's files, or with ``ranks`` (every rank's progress) a mid-epoch ``last.pt``."""
+        where = (
+            f"micro-batch {ranks[0]['micro_done']} of epoch {self.epoch + 1}"
+            if ranks
+            else f"epoch {self.epoch}"
+        )
         if self.ctx.is_main:
-            try:
-                self._write_epoch(improved, val)
-            except Exception as exc:
-                if not is_disk_full(exc):
-                    raise
-                raise DiskFullError(
-                    errno.ENOSPC,
-                    f"disk full while saving epoch {self.epoch} in {self.run_dir}; every file there is whole "
-                    f"(written atomically). Free some space, then continue with --resume {self.run_dir}",
-                ) from None
+            with disk_full_reported(where, self.run_dir):
+                self._write_epoch(improved, val, ranks)
+        self.saved = f"{self.run_dir / report.LAST_CHECKPOINT} keeps {where}"
+        self.last_save = time.monotonic()
         dist.barrier()
 
-    def _write_epoch(self, improved: bool, val: dict) -> None:
+    def _write_epoch(self, improved: bool, val: dict | None, ranks: list[dict] | None) -> None:
+        if ranks:
+            save_checkpoint(
+                {**self._checkpoint(), "partial_epoch": {"ranks": ranks}},
+                self.run_dir / report.LAST_CHECKPOINT,
+            )
+            return
         if improved:
             recipe = {"config": self.config.to_dict(), "epoch": self.epoch, "val": val}
             scorer = FinetunedScorer(self.backbone, self.model, recipe=recipe)
