@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
-from clip_aesthetics.finetune import TrainConfig, finetune, resume_config
+from clip_aesthetics.finetune import TrainConfig, finetune, guard, resume_config
 from clip_aesthetics.finetune import distributed as dist
-from clip_aesthetics.finetune import train as train_module
+from clip_aesthetics.finetune.train import Trainer
 
 
 class Cut(Exception):
@@ -36,8 +36,8 @@ def _write(result, out_dir: str, name: str) -> None:
 
 
 def _cut_run(config: TrainConfig, run_dir: Path) -> None:
-    saved = train_module.FINITE_CHECK_STEPS, train_module.CHECKPOINT_SECONDS, train_module.Trainer._step
-    train_module.FINITE_CHECK_STEPS, train_module.CHECKPOINT_SECONDS = 1, 0.0
+    saved = guard.FINITE_CHECK_STEPS, guard.CHECKPOINT_SECONDS, Trainer._step
+    guard.FINITE_CHECK_STEPS, guard.CHECKPOINT_SECONDS = 1, 0.0
     calls = []
 
     def step(self, *args):
@@ -46,13 +46,13 @@ def _cut_run(config: TrainConfig, run_dir: Path) -> None:
             raise Cut
         return saved[2](self, *args)
 
-    train_module.Trainer._step = step
+    Trainer._step = step
     try:
         finetune(config, run_dir)
     except Cut:
         pass
     finally:
-        train_module.FINITE_CHECK_STEPS, train_module.CHECKPOINT_SECONDS, train_module.Trainer._step = saved
+        guard.FINITE_CHECK_STEPS, guard.CHECKPOINT_SECONDS, Trainer._step = saved
 
 
 def main(mode: str, dataset: str, model: str, run_dir: str, out_dir: str) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -20,14 +21,15 @@ from clip_aesthetics.cli import app
 from clip_aesthetics.datasets import make_synthetic_ava
 from clip_aesthetics.finetune import TrainConfig, finetune, resume_config
 from clip_aesthetics.finetune import checkpoint as checkpoint_module
-from clip_aesthetics.finetune import train as train_module
+from clip_aesthetics.finetune import guard as guard_module
 from clip_aesthetics.finetune.checkpoint import (
     DiskFullError,
     is_disk_full,
     load_checkpoint,
     save_checkpoint,
 )
-from clip_aesthetics.finetune.train import DivergenceError, Trainer
+from clip_aesthetics.finetune.guard import DivergenceError
+from clip_aesthetics.finetune.train import Trainer
 
 TESTS = Path(__file__).parent
 
@@ -123,14 +125,18 @@ def test_a_run_killed_mid_epoch_resumes_exactly_from_a_mid_epoch_checkpoint(
     straight = finetune(config(ava, tiny_clip_spec, **recipe), tmp_path / "straight")
     run = tmp_path / "run"
     with monkeypatch.context() as patch:
-        patch.setattr(train_module, "FINITE_CHECK_STEPS", 1)  # check (and save) at every optimiser step
-        patch.setattr(train_module, "CHECKPOINT_SECONDS", 0.0)
+        patch.setattr(guard_module, "FINITE_CHECK_STEPS", 1)  # check (and save) at every optimiser step
+        patch.setattr(guard_module, "CHECKPOINT_SECONDS", 0.0)
         _kill_at_micro_batch(patch, epoch, micro=4)  # micro-batches 1-2 and 3-4 make the epoch's steps
         with pytest.raises(KeyboardInterrupt):
             finetune(config(ava, tiny_clip_spec, **recipe), run)
     saved = load_checkpoint(run / "last.pt")
     assert saved["epoch"] == epoch - 1 and saved["partial_epoch"]["ranks"][0]["micro_done"] == 2
-    resumed = finetune(resume_config(run), run, resume=True)
+    _assert_same_run(straight, finetune(resume_config(run), run, resume=True))
+
+
+def _assert_same_run(straight, resumed) -> None:
+    """A resumed run reports and ends exactly as the uninterrupted one."""
     assert resumed.finished and [row["epoch"] for row in resumed.history] == [1, 2]
     for a, b in zip(straight.history, resumed.history, strict=True):
         for key in ("train_loss", "train_images", "val_emd", "val_srcc", "lr_tower"):
@@ -141,13 +147,46 @@ def test_a_run_killed_mid_epoch_resumes_exactly_from_a_mid_epoch_checkpoint(
         torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-7, msg=name)
 
 
+@pytest.mark.parametrize(
+    ("signum", "raised"), [(signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, SystemExit)]
+)
+def test_a_stop_signal_saves_at_the_next_step_and_resumes_exactly(
+    ava: Path, tiny_clip_spec: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, signum, raised
+) -> None:
+    recipe = dict(dropout=0.2, augment=True, accumulate=2)
+    straight = finetune(config(ava, tiny_clip_spec, **recipe), tmp_path / "straight")
+    run, lines = tmp_path / "run", []
+    real_step, calls = Trainer._step, []
+
+    def step(self: Trainer, *args) -> torch.Tensor:
+        calls.append(self.epoch)
+        if calls.count(1) == 3:  # micro-batch 3 of epoch 2: the signal arrives mid-accumulation
+            os.kill(os.getpid(), signum)
+        return real_step(self, *args)
+
+    handler_before = signal.getsignal(signum)
+    with monkeypatch.context() as patch:
+        patch.setattr(Trainer, "_step", step)
+        with pytest.raises(raised) as err:
+            finetune(config(ava, tiny_clip_spec, **recipe), run, log=lines.append)
+    if raised is SystemExit:
+        assert err.value.code == 128 + signal.SIGTERM
+    assert signal.getsignal(signum) is handler_before  # the trainer's handler is gone again
+    saved = load_checkpoint(run / "last.pt")  # saved after the step that micro-batch 4 completed
+    assert saved["epoch"] == 1 and saved["partial_epoch"]["ranks"][0]["micro_done"] == 4
+    name = signal.Signals(signum).name
+    kept = f"{run / 'last.pt'} keeps micro-batch 4 of epoch 2"
+    assert lines[-1] == f"stopped by {name}: {kept}; continue with --resume {run}"
+    _assert_same_run(straight, finetune(resume_config(run), run, resume=True))
+
+
 def test_a_mid_epoch_checkpoint_needs_the_same_number_of_processes(
     ava: Path, tiny_clip_spec: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     run = tmp_path / "run"
     with monkeypatch.context() as patch:
-        patch.setattr(train_module, "FINITE_CHECK_STEPS", 1)
-        patch.setattr(train_module, "CHECKPOINT_SECONDS", 0.0)
+        patch.setattr(guard_module, "FINITE_CHECK_STEPS", 1)
+        patch.setattr(guard_module, "CHECKPOINT_SECONDS", 0.0)
         _kill_at_micro_batch(patch, 1, micro=3)
         with pytest.raises(KeyboardInterrupt):
             finetune(config(ava, tiny_clip_spec), run)

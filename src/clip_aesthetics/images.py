@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -253,6 +254,9 @@ def _finish_on_device(
 
 def _init_worker(_: int) -> None:
     torch.set_num_threads(1)  # decoding workers share the cores with the model: no thread oversubscription
+    # Ctrl-C reaches the whole process group: the main process decides what an interrupt means (fine-tuning
+    # saves first) and ends its workers; a worker dying on its own would only turn that into a crash.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def default_workers(device: torch.device | None = None) -> int:

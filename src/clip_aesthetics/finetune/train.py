@@ -25,7 +25,7 @@ from ..scorers.base import autocast
 from ..scorers.finetuned import FinetunedScorer
 from ..scorers.registry import read_scorer_file, save_scorer
 from . import distributed as dist
-from . import report
+from . import guard, report
 from .checkpoint import (
     EpochProgress,
     disk_full_reported,
@@ -37,19 +37,10 @@ from .checkpoint import (
 )
 from .config import TrainConfig
 from .data import LabelledSplit, augment_batch, epoch_order, iter_indexed_batches, load_splits, shard
+from .guard import RunGuard
 from .loss import distribution_mean, get_loss
 from .model import FinetuneModel, freeze
 from .optim import build_optimizer, build_scheduler
-
-# How often (optimiser steps) the running loss is checked for NaN/inf: each check waits for the device, and
-# a diverged run should not burn a whole epoch first. At a check, once CHECKPOINT_SECONDS have passed since
-# the last save, last.pt is written mid-epoch too: a kill loses at most about that much training.
-FINITE_CHECK_STEPS = 20
-CHECKPOINT_SECONDS = 600.0
-
-
-class DivergenceError(RuntimeError):
-    """The loss or a validation metric became NaN or infinite; the message says what was kept."""
 
 
 @dataclass
@@ -119,8 +110,7 @@ class Trainer:
         self.best_state: dict[str, torch.Tensor] | None = None
         self.epoch = 0
         self.progress: EpochProgress | None = None  # where a mid-epoch checkpoint left this rank's epoch
-        self.saved = "no epoch had finished, so none was saved"  # what last.pt holds, for error messages
-        self.last_save = time.monotonic()
+        self.guard = RunGuard(run_dir / report.LAST_CHECKPOINT, ctx.is_main, self.log)
         self.workers = config.workers
         if self.workers is None:
             # decoding is what limits a GPU's training rate: use every core this process's share of the
@@ -142,10 +132,9 @@ class Trainer:
         self.history = list(checkpoint["history"])
         self.epoch = int(checkpoint["epoch"])
         restore_rng_states(checkpoint["rng"])
-        self.saved = f"{self.run_dir / report.LAST_CHECKPOINT} keeps epoch {self.epoch}"
         self.progress = epoch_progress(checkpoint, self.run_dir / report.LAST_CHECKPOINT, self.ctx)
-        if self.progress is not None:
-            self.saved += f" and {self.progress.micro_done} micro-batches of epoch {self.epoch + 1}"
+        where = f"micro-batch {self.progress.micro_done} of epoch {self.epoch + 1}" if self.progress else ""
+        self.guard.note_saved(where or f"epoch {self.epoch}")
         best = self.run_dir / report.BEST_SCORER
         if best.is_file():
             self.best_state = read_scorer_file(best)[1]
@@ -219,14 +208,15 @@ class Trainer:
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 self.scheduler.step()
-                if (i // config.accumulate + 1) % FINITE_CHECK_STEPS == 0:
+                step = i // config.accumulate + 1
+                if step % guard.FINITE_CHECK_STEPS == 0 or (self.guard.signals and not ctx.distributed):
                     seconds = earlier + time.perf_counter() - start
                     progress = EpochProgress(i + 1, 0.0, images, skipped, seconds, lrs, {})
                     self._check_in_epoch(loss_sum, progress)
         seconds = earlier + time.perf_counter() - start
         totals = torch.stack([loss_sum, loss_sum.new_tensor(images), loss_sum.new_tensor(skipped)])
         loss_sum, images, skipped = dist.all_reduce_sum(totals).tolist()
-        self._check_finite(torch.tensor(loss_sum), "training loss")
+        self.guard.check(torch.tensor(loss_sum), "training loss", self.epoch + 1)
         return {
             "train_loss": loss_sum / max(images, 1.0),
             "train_images": int(images),
@@ -236,34 +226,16 @@ class Trainer:
         }
 
     def _check_in_epoch(self, loss_sum: torch.Tensor, progress: EpochProgress) -> None:
-        """Every rank at once: stop if the loss is NaN/inf anywhere, else save mid-epoch when one is due."""
-        due = self.ctx.is_main and time.monotonic() - self.last_save >= CHECKPOINT_SECONDS
-        weights_ok = not due or bool(
-            torch.stack([torch.isfinite(p).all() for p in self.model.parameters()]).all()
-        )
-        what = f"training loss by micro-batch {progress.micro_done}" + (
-            "" if weights_ok else " (or the weights)"
-        )
-        if self._check_finite(loss_sum if weights_ok else loss_sum.new_tensor(math.nan), what, due):
+        """Every rank at once: stop if the loss (or, before a save, a weight) is NaN/inf anywhere, save
+        mid-epoch when any rank asks (time, or a stop signal), and stop after saving if a signal came."""
+        due, stop = self.guard.save_due(), bool(self.guard.signals)
+        value = loss_sum + self.guard.weights_finite(self.model) if due else loss_sum
+        what = f"training loss by micro-batch {progress.micro_done}"
+        due, stop = self.guard.check(value, what, self.epoch + 1, [due, stop])
+        if due:
             progress.loss_sum, progress.rng = float(loss_sum), rng_states()
             self._save(improved=False, val=None, ranks=dist.all_gather_objects(vars(progress)))
-
-    def _check_finite(self, value: torch.Tensor, what: str, due: bool = False) -> bool:
-        """Raise :class:`DivergenceError` on every rank at once when ``value`` is NaN/inf on any rank.
-
-        In the same collective, returns whether any rank set ``due`` (asked for a mid-epoch save).
-        """
-        flags = torch.stack(
-            [~torch.isfinite(value.detach().double()), torch.tensor(due, device=value.device)]
-        )
-        bad, due_anywhere = dist.all_reduce_sum(flags.to(torch.float32)).tolist()
-        if bad == 0:
-            return due_anywhere > 0
-        raise DivergenceError(
-            f"training diverged: the {what} in epoch {self.epoch + 1} is NaN or infinite; the state after "
-            f"it was not saved ({self.saved}). Lower the learning rates or use --precision fp32, in a new "
-            "run folder"
-        )
+        self.guard.stop_if_asked(stop, self.run_dir)
 
     def _step(
         self, images: torch.Tensor, indices: list[int], split: LabelledSplit, group: int, sync: bool
@@ -316,6 +288,10 @@ class Trainer:
     # ----- the loop
     def fit(self, stop_after: int | None = None) -> None:
         """Train until ``max_epochs``, early stopping, or (as if interrupted) after epoch ``stop_after``."""
+        with self.guard.deferring_signals():
+            self._fit(stop_after)
+
+    def _fit(self, stop_after: int | None) -> None:
         config = self.config
         while self.epoch < config.max_epochs and not self.stopper.stopped:
             if stop_after is not None and self.epoch >= stop_after:
@@ -331,7 +307,8 @@ class Trainer:
                 lrs = self.progress.lrs
             row = {"epoch": self.epoch + 1, **lrs, **self.train_epoch(lrs)}
             val = self.evaluate(self.splits["val"], "validation")
-            self._check_finite(torch.tensor(val[self.metric]), f"validation {self.metric}")
+            what, signalled = f"validation {self.metric}", bool(self.guard.signals)
+            (stop,) = self.guard.check(torch.tensor(val[self.metric]), what, self.epoch + 1, [signalled])
             row.update({f"val_{k}": v for k, v in val.items()})
             self.epoch += 1
             improved = self.stopper.update(val[self.metric], self.epoch)
@@ -341,6 +318,7 @@ class Trainer:
                 self.best_state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
             self._save(improved, val)
             self.log(self._summary_line(row))
+            self.guard.stop_if_asked(stop, self.run_dir)
 
     def _summary_line(self, row: dict) -> str:
         return (
@@ -361,8 +339,7 @@ class Trainer:
         if self.ctx.is_main:
             with disk_full_reported(where, self.run_dir):
                 self._write_epoch(improved, val, ranks)
-        self.saved = f"{self.run_dir / report.LAST_CHECKPOINT} keeps {where}"
-        self.last_save = time.monotonic()
+        self.guard.note_saved(where)
         dist.barrier()
 
     def _write_epoch(self, improved: bool, val: dict | None, ranks: list[dict] | None) -> None:
