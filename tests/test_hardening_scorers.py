@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from clip_aesthetics import __version__, load_backbone
 from clip_aesthetics.cli import app
+from clip_aesthetics.cli.app import _show_warning as show_warning
 from clip_aesthetics.evaluation import evaluate_scorer
 from clip_aesthetics.features import load_features
 from clip_aesthetics.features.cache import CACHE_FORMAT, MANIFEST
@@ -169,10 +170,12 @@ def test_nan_threshold_is_refused(probe_file: Path, photo_dir: Path) -> None:
     assert accuracy([6.0, 4.0], [7.0, 3.0]) == 1.0
 
 
-def test_too_many_workers_are_clamped_to_the_cores(photo_dir: Path) -> None:
+def test_too_many_workers_are_clamped_to_the_cores(photo_dir: Path, capsys: pytest.CaptureFixture) -> None:
     cores = len(os.sched_getaffinity(0))
     with pytest.warns(UserWarning, match=f"--workers 500 is more than the {cores} cores here: using {cores}"):
         assert clamp_workers(500) == cores
+    show_warning(UserWarning("--workers 500 is more than ..."), UserWarning, "images.py", 1)
+    assert capsys.readouterr().err == "warning: --workers 500 is more than ...\n"  # one line on the CLI
     assert clamp_workers(cores) == cores and clamp_workers(0) == 0
     paths = sorted(photo_dir.rglob("*.jpg"))[:2]
     cfg = PreprocessConfig(size=16, resize_size=16)

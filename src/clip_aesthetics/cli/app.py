@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import warnings
 from collections.abc import Callable
 
 import typer
@@ -65,3 +66,12 @@ def user_errors(command: Callable) -> Callable:
             raise fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
 
     return wrapper
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Library warnings (a clamped --workers, a probe on other weights) as one ``warning:`` line, not
+    Python's two lines of file, line number and source."""
+    err_console.print(f"warning: {message}", markup=False, highlight=False, soft_wrap=True)
+
+
+warnings.showwarning = _show_warning
