@@ -71,7 +71,7 @@ def user_errors(command: Callable) -> Callable:
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """Library warnings (a clamped --workers, a probe on other weights) as one ``warning:`` line, not
     Python's two lines of file, line number and source."""
-    err_console.print(f"warning: {message}", markup=False, highlight=False, soft_wrap=True)
+    warn("warning:", str(message))
 
 
 warnings.showwarning = _show_warning
