@@ -41,7 +41,7 @@ def test_hf_hub_spec_from_cache(tiny_clip_dir: Path) -> None:
     backbone = load_backbone("hf-hub:someorg/tiny-clip", device="cpu")
     saved = load_file(snapshot / "open_clip_model.safetensors")
     assert torch.equal(backbone.model.state_dict()["text_projection"], saved["text_projection"])
-    assert backbone.weights_id == "hf-hub:someorg/tiny-clip"
+    assert backbone.weights_id == "hf-hub:someorg/tiny-clip@" + "0" * 40  # the repo at its cached revision
 
 
 @pytest.fixture(scope="session")

@@ -21,6 +21,7 @@ import timm
 import torch
 from torch import nn
 
+from .fileio import file_digest, folder_digest
 from .weights import WeightsNotFoundError, hub_file
 
 DEFAULT_MODEL = "ViT-B-32"
@@ -62,7 +63,8 @@ class Backbone(nn.Module):
         kind: ``clip`` or ``timm``.
         feature_dim: width of :meth:`encode_image` output.
         preprocess_cfg: the model's own preprocessing.
-        weights_id: a string that changes whenever the weights do (used by caches).
+        weights_id: the weights' identity, which changes whenever the weights do (caches are keyed on it):
+            a tag, a hub repository at its revision, or the sha256 of a weights file or local-dir folder.
     """
 
     def __init__(
@@ -157,9 +159,9 @@ def _cpu_bf16_autocast() -> bool:
     return torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
 
 
-def _file_identity(path: str | os.PathLike) -> str:
-    stat = os.stat(path)
-    return f"{os.path.realpath(path)}:{stat.st_size}:{int(stat.st_mtime)}"
+def _hub_identity(repo: str, cached_file: str) -> str:
+    """``repo@revision``: a file in the Hugging Face cache sits in ``snapshots/<commit>/``."""
+    return f"{repo}@{Path(cached_file).parent.name}"
 
 
 def _clip_preprocess(model: nn.Module) -> PreprocessConfig:
@@ -221,10 +223,10 @@ def _load_open_clip(spec: str, pretrained: str | None, quick_gelu: bool | None) 
         config = hub_file(repo, ("open_clip_config.json",), f"config of {repo}", hint)
         hub_file(repo, _OPEN_CLIP_WEIGHT_NAMES, f"weights of {repo}", hint)
         # both files sit in one cache snapshot folder: load it as a local dir, nothing touches the network
-        name, weights_id = f"local-dir:{Path(config).parent}", f"hf-hub:{repo}"
+        name, weights_id = f"local-dir:{Path(config).parent}", f"hf-hub:{_hub_identity(repo, config)}"
     elif spec.startswith("local-dir:"):
         folder = _local_dir_checked(spec.removeprefix("local-dir:"))
-        name, weights_id = f"local-dir:{folder}", folder
+        name, weights_id = f"local-dir:{folder}", folder_digest(folder)
     else:
         name = spec.replace("/", "-")
         if name not in open_clip.list_models():
@@ -240,7 +242,7 @@ def _load_open_clip(spec: str, pretrained: str | None, quick_gelu: bool | None) 
             kwargs["force_quick_gelu"] = (
                 _quick_gelu_for_file(name, pretrained) if quick_gelu is None else quick_gelu
             )
-            weights_id = _file_identity(pretrained)
+            weights_id = file_digest(pretrained)
         else:
             cfg = open_clip.get_pretrained_cfg(name, pretrained)
             if not cfg:
@@ -305,11 +307,13 @@ def _timm_preprocess(model: nn.Module) -> PreprocessConfig:
 
 def _load_timm(name: str, pretrained: str | None) -> Backbone:
     kwargs: dict = {"num_classes": 0}
+    spec = f"timm:{name}"  # as given: a hub name must not be recorded as this machine's cache folder
     if pretrained in RANDOM_WEIGHTS:
         weights_id = f"timm:{name}:random"
     elif pretrained is not None and os.path.isfile(pretrained):
-        kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": pretrained})
-        weights_id = _file_identity(pretrained)
+        overlay = {"file": pretrained, **_timm_file_preprocessing(pretrained)}
+        kwargs.update(pretrained=True, pretrained_cfg_overlay=overlay)
+        weights_id = file_digest(pretrained)
     elif pretrained is not None:
         raise WeightsNotFoundError(
             f"--pretrained {pretrained!r} for timm:{name} is not a file "
@@ -317,7 +321,7 @@ def _load_timm(name: str, pretrained: str | None) -> Backbone:
         )
     elif name.startswith("local-dir:"):
         kwargs["pretrained"] = True
-        weights_id = str(Path(name.removeprefix("local-dir:")).resolve())
+        weights_id = folder_digest(Path(name.removeprefix("local-dir:")).expanduser())
     else:
         repo = name.removeprefix("hf-hub:") if name.startswith("hf-hub:") else _timm_hub_id(name)
         hint = f"pass --pretrained /path/to/{name.split('/')[-1]}.safetensors"
@@ -328,17 +332,33 @@ def _load_timm(name: str, pretrained: str | None) -> Backbone:
             kwargs["pretrained"] = True
         else:
             kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": weights})
-        weights_id = f"timm:{repo}"
+        weights_id = f"timm:{_hub_identity(repo, weights)}"
     model = timm.create_model(name, **kwargs)
     model.eval()
     return Backbone(
         model,
-        spec=f"timm:{name}",
+        spec=spec,
         pretrained=pretrained,
         kind="timm",
         preprocess_cfg=_timm_preprocess(model),
         weights_id=weights_id,
     )
+
+
+def _timm_file_preprocessing(path: str) -> dict:
+    """Preprocessing a weights file needs beyond its architecture's default, recognised by its name.
+
+    Alibaba-MIIL's ImageNet-21k weights (``resnet50_miil_21k.pth``, the paper's ResNet-50 baseline) expect
+    pixels in 0..1 without mean/std normalisation and bilinear resizing, as timm's own MIIL models do.
+    """
+    if "miil" in Path(path).name.lower():
+        return {
+            "mean": (0.0, 0.0, 0.0),
+            "std": (1.0, 1.0, 1.0),
+            "interpolation": "bilinear",
+            "crop_pct": 0.875,
+        }
+    return {}
 
 
 def _timm_hub_id(name: str) -> str:

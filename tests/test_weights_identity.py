@@ -1,0 +1,91 @@
+"""Caches follow the weights' content, not their path; scorer files name backbones as the user gave them."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import huggingface_hub.constants
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+
+from clip_aesthetics import load_backbone, load_scorer, save_scorer
+from clip_aesthetics.datasets import make_synthetic_ava
+from clip_aesthetics.features.embed import DatasetSpec, embed_dataset
+from clip_aesthetics.fileio import folder_digest
+from clip_aesthetics.prompts import encode_texts
+from clip_aesthetics.scorers import ProbeScorer
+from clip_aesthetics.scorers.probe import ProbeHead
+from conftest import TINY_CLIP_CONFIG, hub_snapshot, save_open_clip_dir
+
+TEXTS = ("a picture whose embedding is cached",)
+
+
+def test_weights_replaced_inside_a_local_dir_invalidate_text_and_feature_caches(tmp_path: Path) -> None:
+    folder = save_open_clip_dir(tmp_path / "model", TINY_CLIP_CONFIG, seed=1)
+    spec = f"local-dir:{folder}"
+    ava = make_synthetic_ava(tmp_path / "AVA_dataset", n=12, seed=0, size=40)
+    dataset = DatasetSpec("ava", str(ava))
+    old = load_backbone(spec, device="cpu")
+    assert old.weights_id == folder_digest(folder)
+    old_text = encode_texts(old, TEXTS)
+    embed_dataset(dataset, old, tmp_path / "cache", workers=0, progress=False)
+
+    save_open_clip_dir(folder, TINY_CLIP_CONFIG, seed=2)  # same folder, same names, other weights
+    new = load_backbone(spec, device="cpu")
+    assert new.weights_id != old.weights_id
+    fresh = encode_texts(new, TEXTS, use_cache=False)
+    assert not torch.allclose(fresh, old_text)
+    assert torch.equal(encode_texts(new, TEXTS), fresh)  # not the stale cached embedding
+    with pytest.raises(ValueError, match="weights_id"):  # the old features are not reused
+        embed_dataset(dataset, new, tmp_path / "cache", workers=0, progress=False)
+
+
+def test_weights_file_identity_is_its_content(tmp_path: Path) -> None:
+    assert load_backbone("timm:test_vit", "none", device="cpu").weights_id == "timm:test_vit:random"
+    torch.manual_seed(0)
+    state = timm.create_model("test_vit", pretrained=False, num_classes=0).state_dict()
+    weights, copy = tmp_path / "weights.safetensors", tmp_path / "copy.safetensors"
+    save_file(state, weights)
+    save_file(state, copy)
+    first, second = (load_backbone("timm:test_vit", str(p), device="cpu") for p in (weights, copy))
+    assert first.weights_id == second.weights_id and first.weights_id.startswith("sha256:")
+    save_file({k: v + 1 for k, v in state.items()}, weights)  # replaced in place
+    assert load_backbone("timm:test_vit", str(weights), device="cpu").weights_id != first.weights_id
+
+
+def test_timm_hf_hub_scorer_loads_with_another_hugging_face_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    torch.manual_seed(0)
+    model = timm.create_model("test_vit", pretrained=False)
+    snapshot = hub_snapshot("someorg/tiny-timm")
+    snapshot.mkdir(parents=True, exist_ok=True)
+    save_file(model.state_dict(), snapshot / "model.safetensors")
+    config = {
+        "architecture": "test_vit",
+        "num_classes": model.num_classes,
+        "pretrained_cfg": model.pretrained_cfg,
+    }
+    (snapshot / "config.json").write_text(json.dumps(config, default=list))
+    backbone = load_backbone("timm:hf-hub:someorg/tiny-timm", device="cpu")
+    assert backbone.spec == "timm:hf-hub:someorg/tiny-timm"  # not this machine's snapshot folder
+    dim = backbone.feature_dim
+    head = ProbeHead(torch.zeros(dim), torch.ones(dim), torch.randn(1, dim), torch.tensor([5.0]))
+    save_scorer(ProbeScorer(backbone, head), tmp_path / "probe.safetensors", head.tensors())
+    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    expected = ProbeScorer(backbone, head).score_images(images).score
+
+    # another machine: the same repository in another Hugging Face cache folder, the first one gone
+    other = tmp_path / "other-hf-cache"
+    repo = snapshot.parent.parent
+    shutil.copytree(repo, other / repo.name)
+    shutil.rmtree(repo)
+    monkeypatch.setenv("HF_HUB_CACHE", str(other))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(other))
+    loaded = load_scorer(tmp_path / "probe.safetensors", device="cpu")
+    assert loaded.backbone.spec == "timm:hf-hub:someorg/tiny-timm"
+    torch.testing.assert_close(loaded.score_images(images).score, expected)
