@@ -108,6 +108,29 @@ def test_score_contents_option_selects_the_class_names() -> None:
         prompt_groups(["a"], ["b"], None, "imagenet")
 
 
+@pytest.mark.parametrize("strategy", ["ensemble", "context"])
+def test_zero_shot_head_computes_in_float32_under_bf16_autocast(tiny_clip_spec: str, strategy: str) -> None:
+    backbone = load_backbone(tiny_clip_spec, device="cpu")
+    contexts = ("a picture of a cat", "a picture of a dog")
+    groups = PromptGroups(("a great cat", "a great dog"), ("a bad cat", "a bad dog"))
+    scorer = ZeroShotScorer(backbone, groups, strategy=strategy, context_prompts=contexts)
+    features = torch.randn(64, backbone.feature_dim, generator=torch.Generator().manual_seed(0))
+    exact = scorer.score_features(features)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_autocast = scorer.score_features(features)
+    assert under_autocast.raw.dtype == torch.float32
+    torch.testing.assert_close(under_autocast.raw, exact.raw, rtol=0, atol=1e-5)
+    # independently: the formula in float64
+    f = torch.nn.functional.normalize(features.double(), dim=-1)
+    if strategy == "ensemble":
+        pos, neg = (
+            torch.nn.functional.normalize(encode_texts(backbone, g).double().mean(0), dim=0)
+            for g in (groups.positive, groups.negative)
+        )
+        expected = 100 * (f @ pos - f @ neg)
+        torch.testing.assert_close(under_autocast.raw.double(), expected, rtol=0, atol=1e-4)
+
+
 def test_text_embeddings_cached_on_disk(tiny_clip_spec: str, monkeypatch: pytest.MonkeyPatch) -> None:
     backbone = load_backbone(tiny_clip_spec, device="cpu")
     first = encode_texts(backbone, ("a unique cache probe text",))
