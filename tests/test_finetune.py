@@ -350,7 +350,9 @@ def test_resume_rules(ava200: Path, tiny_clip_spec: str, tmp_path: Path) -> None
     with pytest.raises(FileNotFoundError):
         finetune(small_config(ava200, tiny_clip_spec), tmp_path / "nothing", resume=True)
     result = CliRunner().invoke(app, ["finetune", "--resume", str(run), "--batch-size", "8"])
-    assert result.exit_code == 2 and "--batch-size: fixed by the run" in console_text(result)
+    assert result.exit_code == 2 and "--batch-size 8 (the run has 16): fixed by the run" in console_text(
+        result
+    )
 
 
 def test_unreadable_images_are_skipped_and_counted(

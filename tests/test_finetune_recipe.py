@@ -1,13 +1,16 @@
-"""The fine-tuning recipe against the paper's literal values; early stopping (patience, best epoch kept)."""
+"""Fine-tuning: the paper's recipe defaults, early stopping, resuming with the original command line."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
+from typer.testing import CliRunner
 
+from clip_aesthetics.cli import app
 from clip_aesthetics.datasets import make_synthetic_ava
 from clip_aesthetics.finetune import TrainConfig, finetune
 from clip_aesthetics.finetune.model import FinetuneModel
@@ -98,3 +101,31 @@ def test_run_stops_after_patience_and_keeps_the_best_epochs_weights(
     for name, value in best.items():
         torch.testing.assert_close(saved[name], value, rtol=0, atol=0)
         torch.testing.assert_close(tested_with[0][name], value, rtol=0, atol=0)
+
+
+def test_resume_accepts_the_original_command_line(tiny_clip_spec: str, tmp_path: Path) -> None:
+    ava = make_synthetic_ava(tmp_path / "AVA_dataset", n=40, seed=4, size=40)
+    run = tmp_path / "run"
+    command = [
+        "finetune", str(ava), "--model", tiny_clip_spec, "--optimizer", "adamw", "--lr-head", "1e-3",
+        "--batch-size", "16", "--max-epochs", "2", "--split", "random", "--val-fraction", "0.25",
+        "--test-fraction", "0.25", "--workers", "0", "--device", "cpu", "--out", str(run),
+    ]  # fmt: skip
+    paused = CliRunner().invoke(app, [*command, "--stop-after", "1"])
+    assert paused.exit_code == 0, paused.output
+    assert not (run / "results.json").exists()
+
+    # other values are refused, each one named with the run's value
+    changed = [*command, "--resume", str(run)]
+    changed[changed.index("--lr-head") + 1] = "0.5"
+    changed[changed.index("--batch-size") + 1] = "8"
+    refused = CliRunner().invoke(app, changed)
+    assert refused.exit_code == 2
+    message = " ".join(refused.output.split())
+    assert "--lr-head 0.5 (the run has 0.001)" in message and "--batch-size 8 (the run has 16)" in message
+
+    resumed = CliRunner().invoke(app, [*command, "--resume", str(run)])  # the same command, --resume added
+    assert resumed.exit_code == 0, resumed.output
+    results = json.loads((run / "results.json").read_text())
+    assert results["epochs"] == 2
+    assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]

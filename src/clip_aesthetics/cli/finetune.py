@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from ..finetune.config import RESUMABLE_FIELDS, TrainConfig
+from ..finetune.config import TrainConfig
 from .app import app, console, user_errors
 
 
@@ -20,14 +20,10 @@ def _build_config(dataset: Path | None, resume: Path | None, out: Path | None, o
     from ..finetune.run import resume_config
 
     if resume is not None:
-        fixed = sorted(set(options) - set(RESUMABLE_FIELDS))
-        if dataset is not None or out is not None or fixed:
-            names = ["DATASET"] * (dataset is not None) + ["--out"] * (out is not None)
-            names += ["--" + k.replace("_", "-") for k in fixed]
-            raise ValueError(
-                f"{', '.join(names)}: fixed by the run being resumed "
-                "(only --max-epochs, --workers, --device may change)"
-            )
+        if out is not None and out.resolve() != resume.resolve():
+            raise ValueError(f"--out {out} differs from --resume {resume}: give one run folder")
+        if dataset is not None:
+            options = {**options, "dataset": str(dataset)}
         return resume_config(resume, **options), resume, True
     if dataset is None or out is None:
         raise ValueError("give DATASET and --out RUN_DIR (or --resume RUN_DIR)")
@@ -38,10 +34,14 @@ def _build_config(dataset: Path | None, resume: Path | None, out: Path | None, o
 @user_errors
 def finetune(
     dataset: Path = typer.Argument(
-        None, help="Dataset folder (AVA_dataset) or label file; not with --resume."
+        None, help="Dataset folder (AVA_dataset) or label file (with --resume: optional, the run's)."
     ),
     out: Path = typer.Option(None, "--out", "-o", help="Run folder to create."),
-    resume: Path = typer.Option(None, help="Continue the run in this folder from its last checkpoint."),
+    resume: Path = typer.Option(
+        None,
+        help="Continue the run in this folder from its last checkpoint. The original options may be given "
+        "again; only --max-epochs, --workers and --device may change.",
+    ),
     dataset_kind: str = typer.Option(
         None, "--dataset", help="ava (default), csv, aadb, tad66k, para, koniq."
     ),

@@ -16,33 +16,51 @@ from .config import RESUMABLE_FIELDS, TrainConfig
 from .train import FinetuneResult, Trainer, _log_nothing
 
 
-def resume_config(run_dir: str | os.PathLike, **changes) -> TrainConfig:
-    """The configuration of the run in ``run_dir`` with the few options a resume may change.
+def resume_config(run_dir: str | os.PathLike, **given) -> TrainConfig:
+    """The configuration of the run in ``run_dir``, with the few options a resume may change.
+
+    The original command line may be given again: options equal to the run's are accepted, so people can
+    rerun the command they ran with ``--resume`` added.
 
     Args:
         run_dir: a run folder holding ``config.json`` and ``last.pt``.
-        **changes: ``max_epochs`` (same or larger), ``workers``, ``device``; None leaves a value as it was.
+        **given: options of :class:`TrainConfig` (None leaves a value as it was). ``max_epochs`` (same or
+            larger), ``workers`` and ``device`` may change; any other must equal the run's.
 
     Raises:
         FileNotFoundError: ``run_dir`` holds no run.
-        ValueError: a change other than those, or fewer epochs than the run was started with.
+        ValueError: options that differ from the run's (all named), or fewer epochs than the run had.
     """
     path = Path(run_dir) / report.CONFIG_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir} holds no fine-tuning run (no {report.CONFIG_FILE})")
     original = json.loads(path.read_text(encoding="utf-8"))["config"]
-    data = dict(original)
-    for key, value in changes.items():
-        if key not in RESUMABLE_FIELDS:
-            allowed = ", ".join("--" + k.replace("_", "-") for k in RESUMABLE_FIELDS)
-            raise ValueError(
-                f"--{key.replace('_', '-')} is fixed by the run being resumed (only {allowed} may change)"
-            )
-        if value is not None:
+    data, differing = dict(original), []
+    for key, value in given.items():
+        if value is None:
+            continue
+        if key in RESUMABLE_FIELDS:
             data[key] = value
+        elif not _same_option(key, original.get(key), value):
+            differing.append(f"--{key.replace('_', '-')} {value!r} (the run has {original.get(key)!r})")
+    if differing:
+        allowed = ", ".join("--" + k.replace("_", "-") for k in RESUMABLE_FIELDS)
+        raise ValueError(
+            f"{'; '.join(differing)}: fixed by the run being resumed (only {allowed} may change)"
+        )
     if data["max_epochs"] < original["max_epochs"]:
         raise ValueError("--max-epochs cannot shrink on resume: pass the same or a larger number")
     return TrainConfig.from_dict(data)
+
+
+def _same_option(key: str, original, value) -> bool:
+    if key == "dataset":  # the same folder or file, however the path is written
+        return original is not None and Path(original).resolve() == Path(value).resolve()
+    if key not in TrainConfig.__dataclass_fields__:
+        return False
+    if isinstance(original, float) or isinstance(value, float):
+        return original is not None and float(original) == float(value)
+    return original == value
 
 
 def _prepare_dir(run_dir: Path, resume: bool, is_main: bool) -> None:
