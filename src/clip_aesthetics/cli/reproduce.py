@@ -22,8 +22,18 @@ def reproduce(
     split_seed: int = typer.Option(None, help="Seed of the random split / validation carve-out."),
     model: str = typer.Option("ViT-B-32", "--model", "-m", help="CLIP backbone."),
     pretrained: str = typer.Option(None, help="CLIP weights: a tag (default openai), a file, or 'none'."),
-    imagenet_model: str = typer.Option(DEFAULT_IMAGENET_MODEL, help="ImageNet baseline (timm:NAME)."),
-    imagenet_pretrained: str = typer.Option(None, help="ImageNet weights file, or 'none'."),
+    imagenet_model: list[str] = typer.Option(
+        [DEFAULT_IMAGENET_MODEL], help="ImageNet baseline (timm:NAME); repeatable."
+    ),
+    imagenet_pretrained: list[str] = typer.Option(
+        None,
+        help="Weights of each --imagenet-model in the same order: a file, 'none', or '-' (the name's own).",
+    ),
+    miil_weights: Path = typer.Option(
+        None,
+        help="Alibaba-MIIL's ImageNet-21k ResNet-50 weights (resnet50_miil_21k.pth): adds the paper's "
+        "ResNet-50 pair to the probes, CLIP RN50 vs this model.",
+    ),
     steps: str = typer.Option(",".join(STEPS), help="Steps to run (comma separated)."),
     max_epochs: int = typer.Option(
         100, min=1, help="Fine-tuning epochs at most (early stopping may end sooner)."
@@ -41,8 +51,9 @@ def reproduce(
         seed=split_seed,
         model=model,
         pretrained=pretrained,
-        imagenet_model=imagenet_model,
-        imagenet_pretrained=imagenet_pretrained,
+        imagenet_models=tuple(imagenet_model),
+        imagenet_pretrained=tuple(imagenet_pretrained or ()),
+        miil_weights=str(miil_weights) if miil_weights else None,
         steps=tuple(s.strip() for s in steps.split(",") if s.strip()),
         max_epochs=max_epochs,
         batch_size=batch_size,
