@@ -89,3 +89,19 @@ def test_timm_hf_hub_scorer_loads_with_another_hugging_face_cache(
     loaded = load_scorer(tmp_path / "probe.safetensors", device="cpu")
     assert loaded.backbone.spec == "timm:hf-hub:someorg/tiny-timm"
     torch.testing.assert_close(loaded.score_images(images).score, expected)
+
+
+def test_miil_weights_file_gets_miil_preprocessing(tmp_path: Path) -> None:
+    """Alibaba-MIIL's ImageNet-21k weights (a .pth with an 11221-class head) expect 0..1 pixels, bilinear."""
+    torch.manual_seed(0)
+    model = timm.create_model("resnet18", pretrained=False, num_classes=11221)
+    weights = tmp_path / "resnet18_miil_21k.pth"
+    torch.save(model.state_dict(), weights)
+    backbone = load_backbone("timm:resnet18", str(weights), device="cpu")
+    cfg = backbone.preprocess_cfg
+    assert (cfg.mean, cfg.std, cfg.interpolation) == ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0), "bilinear")
+    assert (cfg.size, cfg.resize_size) == (224, 256)  # crop_pct 0.875
+    assert torch.equal(backbone.model.state_dict()["conv1.weight"], model.state_dict()["conv1.weight"])
+    other = tmp_path / "resnet18_other.pth"
+    torch.save(model.state_dict(), other)
+    assert load_backbone("timm:resnet18", str(other), device="cpu").preprocess_cfg.std != (1.0, 1.0, 1.0)
