@@ -188,6 +188,17 @@ def test_rerun_with_another_batch_size_retrains(study: Path, tiny_clip_spec: str
     assert len([p for p in (reused / "stale").iterdir() if p.is_dir()]) == 2
 
 
+def test_rerun_with_fewer_epochs_retrains(study: Path, tiny_clip_spec: str, tmp_path: Path) -> None:
+    reused = tmp_path / "reused"
+    shutil.copytree(study / "out", reused)
+    _, log = run_study(study, tiny_clip_spec, reused, "--steps", "finetune", "--max-epochs", "2")
+    assert "resuming" in log  # one more epoch on the finished one-epoch runs
+    document, log = run_study(study, tiny_clip_spec, reused, "--steps", "finetune", "--max-epochs", "1")
+    assert "more than --max-epochs 1" in log
+    original = json.loads((study / "out" / "report.json").read_text())
+    assert numbers(document) == [row for row in numbers(original) if row[0].startswith("Fine-tuned")]
+
+
 def test_bad_steps_rejected(tmp_path: Path) -> None:
     result = CliRunner().invoke(
         app, ["reproduce", "--ava", str(tmp_path), "--out", str(tmp_path / "o"), "--steps", "x"]

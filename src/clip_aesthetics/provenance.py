@@ -67,10 +67,16 @@ def reusable(path: Path, wanted: dict, log: Callable[[str], None]) -> bool:
     if old == _normalised(wanted):
         return True
     why = "no provenance recorded" if old is None else first_difference(old, _normalised(wanted))
+    move_aside(path, why, log)
+    return False
+
+
+def move_aside(path: Path, why: str, log: Callable[[str], None]) -> Path:
+    """Move ``path`` (and its sidecar) to ``stale/NAME.<time>`` beside it, never deleting; log why."""
     stale = path.parent / STALE_FOLDER / f"{path.name}.{time.strftime('%Y%m%d-%H%M%S')}"
     stale.parent.mkdir(exist_ok=True)
     shutil.move(path, stale)
     if sidecar(path).exists():
         shutil.move(sidecar(path), sidecar(stale))
     log(f"{path.name} was made from another setup ({why}): moved to {stale}; rebuilding")
-    return False
+    return stale

@@ -270,20 +270,26 @@ class Study:
                 provenance.record(
                     run_dir, wanted
                 )  # before training: an interrupted run of this setup resumes
-            self._train_or_resume(train, run_dir)
+            self._train_or_resume(train, run_dir, wanted)
             self._check_split(run_dir)
             key = _config_key("finetune", "paper recipe", model, pretrained)
             self._evaluate("finetune", f"Fine-tuned {kind} {model}", model, key, run_dir / "best.safetensors")
 
-    def _train_or_resume(self, train, run_dir: Path) -> None:
+    def _train_or_resume(self, train, run_dir: Path, wanted: dict) -> None:
         from .finetune import finetune, resume_config
 
         results = run_dir / "results.json"  # written when a run has finished
         if results.is_file():
             done = json.loads(results.read_text())
-            if done.get("stopped_early") or done.get("epochs", 0) >= train.max_epochs:
+            epochs, stopped = done.get("epochs", 0), done.get("stopped_early", False)
+            if epochs == train.max_epochs or (stopped and epochs < train.max_epochs):
                 self.log(f"reusing the finished run {run_dir}")
                 return
+            if epochs > train.max_epochs:  # a fresh run would have stopped sooner: not the same result
+                why = f"trained {epochs} epochs, more than --max-epochs {train.max_epochs}"
+                provenance.move_aside(run_dir, why, self.log)
+                provenance.record(run_dir, wanted)
+        # fewer epochs than asked, not stopped early: continue (constant schedule: as a longer fresh run)
         resume = (run_dir / "last.pt").is_file()
         config = resume_config(run_dir, max_epochs=train.max_epochs) if resume else train
         self.log(f"{'resuming' if resume else 'fine-tuning'} {train.model} in {run_dir}")
