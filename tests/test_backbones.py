@@ -189,7 +189,7 @@ def test_models_command_marks_cached_weights(real_vit_b32_openai_cache: Path) ->
     from typer.testing import CliRunner
 
     from clip_aesthetics.cli import app
-    from clip_aesthetics.cli.models import backbone_rows
+    from clip_aesthetics.weights import backbone_rows
 
     assert CliRunner().invoke(app, ["models"]).exit_code == 0
     rows = {(r["model"], r["pretrained"]): r for r in backbone_rows()}

@@ -86,10 +86,10 @@ def test_evaluate_after_verify_drops_the_broken_images(broken_ava: Path, tiny_cl
     assert not broken & {r.id for r in splits["train"]}
 
 
-def test_verify_manifest_option(broken_ava: Path, tiny_clip_spec: str) -> None:
+def test_verify_output_option(broken_ava: Path, tiny_clip_spec: str) -> None:
     elsewhere = broken_ava.parent / "lists" / "broken.json"
     elsewhere.parent.mkdir()
-    assert run("datasets", "verify", broken_ava, "--manifest", elsewhere, "--workers", 0).exit_code == 0
+    assert run("datasets", "verify", broken_ava, "--output", elsewhere, "--workers", 0).exit_code == 0
     assert not (broken_ava / "broken_images.json").exists() and len(load_broken_manifest(elsewhere)) == 4
     out = broken_ava.parent / "m.json"
     result = run(
@@ -146,5 +146,5 @@ def test_nothing_readable_exits_1(tmp_path: Path, tiny_clip_spec: str) -> None:
     result = run("evaluate", root, "--model", tiny_clip_spec, *PROMPTS, "--workers", 0, "--output", out)
     assert result.exit_code == 1 and "only 0 of 4 images could be scored" in console_text(result)
     doc = json.loads(out.read_text())  # still written: it lists why every image failed
-    assert doc["n_failed"] == 4 and all("empty" in f["reason"] for f in doc["failed"])
+    assert doc["n_failed"] == 4 and all("empty" in f["error"] for f in doc["failed"])
     assert doc["metrics"] == {"n": 0}

@@ -38,7 +38,7 @@ def test_evaluate_writes_html_report(tmp_path: Path, tiny_clip_spec: str) -> Non
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     page = (tmp_path / "report.html").read_text()
-    predictions = sorted(csv.DictReader((tmp_path / "p.csv").open()), key=lambda r: -float(r["pred_score"]))
+    predictions = sorted(csv.DictReader((tmp_path / "p.csv").open()), key=lambda r: -float(r["score"]))
     shown = [
         html.unescape(p)
         for p in re.findall(r"<figure class='card [a-z]+' data-rank='\d+' data-path='([^']*)'", page)

@@ -83,7 +83,7 @@ def test_evaluate_metrics_match_an_independent_computation(synth: Path, evaluate
     rows = _read_predictions(out / "preds.csv")
     true_means = _true_means(synth)
     true = np.array([float(r["true_mean"]) for r in rows])
-    pred = np.array([float(r["pred_score"]) for r in rows])
+    pred = np.array([float(r["score"]) for r in rows])
     assert true == pytest.approx([true_means[r["id"]] for r in rows], abs=1e-12)
     m = doc["metrics"]
     assert m["n"] == len(rows) == doc["n_scored"]
@@ -92,7 +92,7 @@ def test_evaluate_metrics_match_an_independent_computation(synth: Path, evaluate
     assert m["mse"] == pytest.approx(np.mean((pred - true) ** 2), abs=1e-12)
     assert m["mae"] == pytest.approx(np.mean(np.abs(pred - true)), abs=1e-12)
     # uncalibrated zero-shot: "good" is the closer prompt group (raw > 0), truth is mean > 5 (paper's rule)
-    raw = np.array([float(r["pred_raw"]) for r in rows])
+    raw = np.array([float(r["raw"]) for r in rows])
     assert doc["thresholds"] == {"true": 5.0, "pred": 5.5}
     assert m["accuracy"] == pytest.approx(np.mean((raw > 0) == (true > 5)), abs=1e-12)
     assert m["true_good_fraction"] == pytest.approx(np.mean(true > 5))
@@ -115,7 +115,7 @@ def test_evaluate_covers_exactly_the_present_official_test_ids(synth: Path, eval
     scored = {r["id"] for r in _read_predictions(out / "preds.csv")}
     assert scored == listed - missing - truncated
     assert doc["n_failed"] == 1 and doc["failed"][0]["id"] in truncated
-    assert "truncated" in doc["failed"][0]["reason"] or "corrupt" in doc["failed"][0]["reason"]
+    assert "truncated" in doc["failed"][0]["error"] or "corrupt" in doc["failed"][0]["error"]
     assert "failed" in output and "15" in output
     assert doc["dataset"]["n_dropped"] == 2
     assert {d["id"] for d in doc["dataset"]["dropped"]} == missing
@@ -178,7 +178,7 @@ def test_distribution_scorer_emd_streamed_in_batches(
     expected = np.mean(np.sqrt(np.mean((np.cumsum(p, 1) - np.cumsum(q_norm, 1)) ** 2, axis=1)))
     assert result.metrics["emd"] == pytest.approx(expected, abs=1e-9)
     assert result.thresholds == {"true": 5.0, "pred": 5.0}
-    pred = np.array([float(r["pred_score"]) for r in rows])
+    pred = np.array([float(r["score"]) for r in rows])
     assert pred == pytest.approx(q @ np.arange(1, 11), abs=1e-5)
 
 

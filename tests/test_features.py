@@ -71,7 +71,7 @@ def test_cache_holds_features_metadata_and_failures(reference: Path, spec: Datas
     assert manifest["dataset"]["split_info"]["counts"] == {k: len(v) for k, v in splits.items()}
     failed = {e["id"] for e in manifest["errors"]}
     assert len(failed) == N_CORRUPT and manifest["counts"]["failed"] == N_CORRUPT
-    assert all("truncated" in e["reason"] or "corrupt" in e["reason"] for e in manifest["errors"])
+    assert all("truncated" in e["error"] or "corrupt" in e["error"] for e in manifest["errors"])
 
     cached = load_features(reference)
     kept = [r for r in records if r.id not in failed]
@@ -146,8 +146,8 @@ def test_stale_cache_is_refused_then_rebuilt_with_overwrite(tmp_path: Path, spec
 
 def test_cli_refuses_stale_cache_with_one_line(tmp_path: Path, ava: Path, tiny_clip_spec: str):
     out = tmp_path / "cache"
-    args = ["embed", str(ava), "--model", tiny_clip_spec, "--out", str(out), "--workers", "0"]
-    args += ["--batch-size", "8", "--shard-size", "16", "--split", "random"]
+    args = ["embed", str(ava), "--model", tiny_clip_spec, "--output", str(out), "--workers", "0"]
+    args += ["--batch-size", "8", "--shard-size", "16", "--split-kind", "random"]
     first = CliRunner().invoke(app, args)
     assert first.exit_code == 0, first.output
     n_present = N_IMAGES - 2  # the generator leaves two test images missing: the parser drops them

@@ -376,9 +376,9 @@ def test_score_cli_with_the_best_scorer(
     run = tmp_path / "run"
     result = CliRunner().invoke(
         app,
-        ["finetune", str(ava200), "--model", tiny_clip_spec, "--out", str(run), "--max-epochs", "2",
+        ["finetune", str(ava200), "--model", tiny_clip_spec, "--output", str(run), "--max-epochs", "2",
          "--batch-size", "16", "--optimizer", "adamw", "--lr-backbone", "1e-3", "--lr-head", "1e-3",
-         "--split", "random", "--workers", "0", "--device", "cpu"],
+         "--split-kind", "random", "--workers", "0", "--device", "cpu"],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "finished after epoch 2" in console_text(result)

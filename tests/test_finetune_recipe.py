@@ -108,8 +108,8 @@ def test_resume_accepts_the_original_command_line(tiny_clip_spec: str, tmp_path:
     run = tmp_path / "run"
     command = [
         "finetune", str(ava), "--model", tiny_clip_spec, "--optimizer", "adamw", "--lr-head", "1e-3",
-        "--batch-size", "16", "--max-epochs", "2", "--split", "random", "--val-fraction", "0.25",
-        "--test-fraction", "0.25", "--workers", "0", "--device", "cpu", "--out", str(run),
+        "--batch-size", "16", "--max-epochs", "2", "--split-kind", "random", "--val-fraction", "0.25",
+        "--test-fraction", "0.25", "--workers", "0", "--device", "cpu", "--output", str(run),
     ]  # fmt: skip
     paused = CliRunner().invoke(app, [*command, "--stop-after", "1"])
     assert paused.exit_code == 0, paused.output

@@ -216,9 +216,9 @@ def test_nan_in_a_later_epoch_keeps_the_finished_epochs(
         return loss * float("nan") if self.epoch == 1 else loss  # epoch 2 produces a NaN loss
 
     monkeypatch.setattr(Trainer, "_step", step)
-    result = CliRunner().invoke(app, ["finetune", str(ava), "-m", tiny_clip_spec, "--out", str(run),
+    result = CliRunner().invoke(app, ["finetune", str(ava), "-m", tiny_clip_spec, "--output", str(run),
                                       "--max-epochs", "3", "--batch-size", "8", "--workers", "0",
-                                      "--split", "random", "--device", "cpu"])  # fmt: skip
+                                      "--split-kind", "random", "--device", "cpu"])  # fmt: skip
     message = _message(result)
     assert "training diverged" in message and "epoch 2" in message
     assert f"{run / 'last.pt'} keeps epoch 1" in message

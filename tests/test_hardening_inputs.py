@@ -14,7 +14,6 @@ import pytest
 from typer.testing import CliRunner
 
 from clip_aesthetics.cli import app
-from clip_aesthetics.cli.datasets import verify_dataset
 from clip_aesthetics.datasets import (
     ParseError,
     load_broken_manifest,
@@ -22,8 +21,9 @@ from clip_aesthetics.datasets import (
     parse_ava,
     parse_csv,
 )
+from clip_aesthetics.datasets.verify import verify_dataset
 from clip_aesthetics.fileio import TextDecodeError, check_writable, read_text
-from clip_aesthetics.prompt_search import load_word_list, markdown_table
+from clip_aesthetics.prompt_search import load_word_list, ranked_markdown
 from clip_aesthetics.prompts import load_prompt_file
 
 BOM = "\ufeff".encode()
@@ -149,7 +149,7 @@ def test_prompts_search_with_a_missing_positive_file_fails_at_once(tmp_path: Pat
 
 def test_pipe_in_an_adjective_stays_in_its_markdown_cell() -> None:
     row = {"rank": 1, "strategy": "fixed", "positive": "good|great", "negative": "bad", "srcc": 0.5}
-    table = markdown_table([{**row, "plcc": 0.4, "accuracy": 0.7}])
+    table = ranked_markdown([{**row, "plcc": 0.4, "accuracy": 0.7}])
     cells = re.split(r"(?<!\\)\|", table.splitlines()[2])[1:-1]  # a Markdown renderer's split
     assert len(cells) == 7 and cells[2].strip() == "good\\|great"
 
@@ -186,7 +186,8 @@ def test_verify_on_a_read_only_dataset_fails_before_opening_images(
 ) -> None:
     root = make_synthetic_ava(tmp_path / "AVA_dataset", n=6, size=16, n_missing=0)
     opened = []
-    monkeypatch.setattr("clip_aesthetics.cli.datasets.iter_batches", lambda *a, **k: opened.append(1) or [])
+    never_open = lambda *a, **k: opened.append(1) or []  # noqa: E731
+    monkeypatch.setattr("clip_aesthetics.datasets.verify.iter_batches", never_open)
     _read_only(root, how, monkeypatch)
     try:
         with pytest.raises(OSError, match=r"cannot write .*broken_images\.json"):

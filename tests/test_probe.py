@@ -188,7 +188,18 @@ def test_cli_embed_fit_probe_then_score(tmp_path: Path, ava: Path, tiny_clip_spe
     runner, cache, head = CliRunner(), tmp_path / "cache", tmp_path / "head.safetensors"
     embedded = runner.invoke(
         app,
-        ["embed", str(ava), "-m", tiny_clip_spec, "-o", str(cache), "--split", "random", "--workers", "0"],
+        [
+            "embed",
+            str(ava),
+            "-m",
+            tiny_clip_spec,
+            "-o",
+            str(cache),
+            "--split-kind",
+            "random",
+            "--workers",
+            "0",
+        ],
     )
     assert embedded.exit_code == 0, embedded.output
     metrics = tmp_path / "metrics.json"

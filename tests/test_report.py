@@ -202,11 +202,9 @@ def test_histogram_counts_every_score_once() -> None:
 
 def test_evaluation_report_orders_by_prediction_and_shows_truth(tmp_path: Path) -> None:
     base = make_report(tmp_path, n=5)
-    rows = [
-        {"path": r["path"], "pred_score": 3.0 + i, "true_mean": 5.0 + i / 10} for i, r in enumerate(base.rows)
-    ]
+    rows = [{"path": r["path"], "score": 3.0 + i, "true_mean": 5.0 + i / 10} for i, r in enumerate(base.rows)]
     config = {"scorer": {**base.scorer_config, "label_threshold": 5.0}, "dataset": {"name": "ava"}}
-    errors = [{"id": "77", "path": "", "reason": "no image path"}, {"path": "x.jpg", "error": "empty"}]
+    errors = [{"id": "77", "path": "", "error": "no image path"}, {"path": "x.jpg", "error": "empty"}]
     html = render_evaluation_report(rows, errors, {"srcc": 0.71234}, config, seconds=2.0)
     page = _Elements(html)
     assert page.ranked() == [(k + 1, rows[4 - k]["path"]) for k in range(5)]

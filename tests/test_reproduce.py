@@ -25,7 +25,7 @@ from conftest import TINY_CLIP_CONFIG, console_text, save_open_clip_dir
 def reproduce_args(root: Path, clip_spec: str, *extra: str) -> list[str]:
     """The study on the synthetic set in ``root`` with the tiny CLIP and timm's test ViT, one epoch."""
     return [
-        "reproduce", "--ava", str(root / "AVA_dataset"), "--out", str(root / "out"), "--model", clip_spec,
+        "reproduce", str(root / "AVA_dataset"), "--output", str(root / "out"), "--model", clip_spec,
         "--imagenet-model", "timm:test_vit", "--imagenet-pretrained", str(root / "test_vit.safetensors"),
         "--max-epochs", "1", "--batch-size", "16", "--workers", "0", *extra,
     ]  # fmt: skip
@@ -45,7 +45,7 @@ def study(tmp_path_factory: pytest.TempPathFactory, tiny_clip_spec: str) -> Path
 
 def run_study(root: Path, clip_spec: str, out: Path, *extra: str):
     args = reproduce_args(root, clip_spec, *extra)
-    args[args.index("--out") + 1] = str(out)
+    args[args.index("--output") + 1] = str(out)
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     return json.loads((out / "report.json").read_text()), console_text(result)
@@ -154,7 +154,7 @@ def test_rerun_with_another_split_seed_equals_a_fresh_run(
 ) -> None:
     reused = tmp_path / "reused"
     shutil.copytree(study / "out", reused)
-    seed = ("--split", "random", "--split-seed", "7")
+    seed = ("--split-kind", "random", "--split-seed", "7")
     rerun, log = run_study(study, tiny_clip_spec, reused, *seed)
     fresh, _ = run_study(study, tiny_clip_spec, tmp_path / "fresh", *seed)
     assert numbers(rerun) == numbers(fresh)
@@ -201,6 +201,6 @@ def test_rerun_with_fewer_epochs_retrains(study: Path, tiny_clip_spec: str, tmp_
 
 def test_bad_steps_rejected(tmp_path: Path) -> None:
     result = CliRunner().invoke(
-        app, ["reproduce", "--ava", str(tmp_path), "--out", str(tmp_path / "o"), "--steps", "x"]
+        app, ["reproduce", str(tmp_path), "--output", str(tmp_path / "o"), "--steps", "x"]
     )
     assert result.exit_code == 2 and "--steps" in result.output

@@ -21,11 +21,10 @@ import timm
 import torch
 from torch import nn
 
+from .constants import DEFAULT_MODEL, DEFAULT_PRETRAINED
 from .fileio import file_digest, folder_digest
 from .weights import WeightsNotFoundError, hub_file
 
-DEFAULT_MODEL = "ViT-B-32"
-DEFAULT_PRETRAINED = "openai"
 RANDOM_WEIGHTS = ("none", "random")
 _OPEN_CLIP_WEIGHT_NAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 _TIMM_WEIGHT_NAMES = ("model.safetensors", "pytorch_model.bin")

@@ -26,16 +26,13 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from .datasets import ParsedDataset, Record, SplitInfo, load_dataset, split_records
+from .constants import DEFAULT_MAX_PIXELS, EVAL_DATASETS, N_BINS, SPLITS, TABLE_METRICS
+from .datasets import ParsedDataset, Record, SplitInfo, load_and_split
 from .features.hub import CachedFeatures, score_records
-from .fileio import atomic_path, atomic_write, atomic_write_text, text_name
-from .images import DEFAULT_MAX_PIXELS
+from .fileio import atomic_savefig, atomic_write, atomic_write_text, text_name
 from .metrics import bootstrap_ci, check_threshold, compute_metrics, emd, mae, mse, plcc, srcc
 from .scorers.base import Scorer
-
-EVAL_DATASETS = ("ava", "csv", "aadb", "tad66k", "para", "koniq")
-SPLITS = ("train", "val", "test", "all")
-N_BINS = 10
+from .tables import format_interval, format_metric, markdown_table
 
 
 @dataclass
@@ -86,17 +83,13 @@ def load_split(
         raise ValueError(f"unknown dataset {dataset!r}; choose one of {', '.join(EVAL_DATASETS)}")
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
-    if not Path(root).exists():
-        raise FileNotFoundError(f"dataset not found: {root}")
-    parsed = load_dataset(dataset, root, manifest=manifest)
     if split == "all":
         # A random split with everything in "test" yields the id digest without a second implementation.
-        splits, info = split_records(parsed, "random", fractions=(0.0, 0.0, 1.0), seed=0)
-        digest = info.digests["test"]
-        n = len(parsed.records)
+        parsed, splits, info = load_and_split(dataset, root, "random", fractions=(0, 0, 1), manifest=manifest)
+        n, digest = len(parsed.records), info.digests["test"]
         info = SplitInfo("all", 0, {}, {"all": n}, {"all": digest}, "every record of the dataset, no split")
         return EvaluationSet(parsed, split, splits["test"], info)
-    splits, info = split_records(parsed, kind, seed=seed)
+    parsed, splits, info = load_and_split(dataset, root, kind, seed=seed, manifest=manifest)
     return EvaluationSet(parsed, split, splits[split], info)
 
 
@@ -276,11 +269,14 @@ def evaluate_scorers(
 
 
 def write_predictions(result: EvaluationResult, path: Path | str) -> Path:
-    """One CSV row per scored image: id, path, true_mean, pred_score (+ pred_raw, pred_1..pred_10)."""
+    """One CSV row per scored image: id, path, true_mean, score (+ raw, pred_1..pred_10).
+
+    ``score``, ``raw`` and ``pred_k`` are named as in `clip-aesthetics score` output files.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    header = ["id", "path", "true_mean", "pred_score"]
-    header += ["pred_raw"] if result.raw is not None else []
+    header = ["id", "path", "true_mean", "score"]
+    header += ["raw"] if result.raw is not None else []
     header += [f"pred_{k}" for k in range(1, N_BINS + 1)] if result.pred_dist is not None else []
 
     def write(handle) -> None:
@@ -351,8 +347,7 @@ def plot_evaluation(result: EvaluationResult, out_dir: Path | str, title: str = 
     out.mkdir(parents=True, exist_ok=True)
     idx = result.scored
     true, pred = result.true[idx], result.pred[idx]
-    values = (result.metrics.get(k) for k in ("srcc", "plcc"))
-    srcc_text, plcc_text = ("n/a" if v is None or not math.isfinite(v) else f"{v:.3f}" for v in values)
+    srcc_text, plcc_text = (format_metric(result.metrics.get(k)) for k in ("srcc", "plcc"))
     heading = f"{title + ': ' if title else ''}SRCC {srcc_text}, PLCC {plcc_text} (n={idx.size})"
 
     fig = Figure(figsize=(6, 6), dpi=100)
@@ -360,8 +355,7 @@ def plot_evaluation(result: EvaluationResult, out_dir: Path | str, title: str = 
     ax.scatter(true, pred, s=4, alpha=min(1.0, max(0.05, 300 / max(idx.size, 1))), linewidths=0)
     ax.set(xlabel="true mean score", ylabel="predicted score", title=heading)
     scatter = out / "scatter.png"
-    with atomic_path(scatter) as tmp:
-        fig.savefig(tmp, bbox_inches="tight", format="png")
+    atomic_savefig(fig, scatter, bbox_inches="tight")
 
     fig = Figure(figsize=(7, 4.5), dpi=100)
     ax = fig.add_subplot()
@@ -374,9 +368,22 @@ def plot_evaluation(result: EvaluationResult, out_dir: Path | str, title: str = 
     ax.set(xlabel="score", ylabel="images", title=heading)
     ax.legend()
     histogram = out / "histogram.png"
-    with atomic_path(histogram) as tmp:
-        fig.savefig(tmp, bbox_inches="tight", format="png")
+    atomic_savefig(fig, histogram, bbox_inches="tight")
     return [scatter, histogram]
+
+
+def comparison_markdown(rows: Sequence[dict[str, Any]]) -> str:
+    """Comparison rows (:func:`comparison_row`) as Markdown: intervals in brackets, '-' when absent."""
+    metrics = [m for m in TABLE_METRICS if any(row.get(m) is not None for row in rows)]
+    header = ["scorer", "method", "backbone", "n", *metrics, "failed", "images/s"]
+    cells = []
+    for row in rows:
+        intervals = row.get("intervals") or {}
+        values = [f"{format_metric(row.get(m))} {format_interval(intervals.get(m))}".strip() for m in metrics]
+        identity = [row["name"], row.get("method") or "-", row.get("backbone") or "-", row.get("n", 0)]
+        speed = [row.get("n_failed", 0), f"{row.get('images_per_second') or 0:.1f}"]
+        cells.append([*identity, *values, *speed])
+    return markdown_table(header, cells, right=header[3:])
 
 
 def comparison_row(name: str, result: EvaluationResult) -> dict[str, Any]:

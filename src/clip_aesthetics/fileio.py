@@ -68,6 +68,14 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write(path, lambda handle: handle.write(text))
 
 
+def atomic_savefig(figure: Any, path: str | os.PathLike, **options: Any) -> Path:
+    """Save a matplotlib figure atomically, in the format its suffix names (as ``savefig(path)`` would)."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format=path.suffix.removeprefix(".") or "png", **options)
+    return path
+
+
 def atomic_write_json(path: str | os.PathLike, data: Any, indent: int | None = 2) -> Path:
     """Write a JSON document atomically (UTF-8, a trailing newline)."""
     return atomic_write_text(path, json.dumps(data, indent=indent) + "\n")

@@ -22,11 +22,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 
 from .backbones import PreprocessConfig
+from .constants import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS
 from .device_decode import decode_on_device, device_decodable, jpeg_header
 from .progress import progress_bar
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
-DEFAULT_MAX_PIXELS = 100_000_000  # 100 MP: above any camera, well below a decompression bomb
 _INTERPOLATIONS = {
     "bicubic": TF.InterpolationMode.BICUBIC,
     "bilinear": TF.InterpolationMode.BILINEAR,

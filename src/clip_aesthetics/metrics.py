@@ -19,8 +19,9 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from .constants import N_BINS
+
 ArrayLike = Any  # anything np.asarray accepts; kept loose so lists, numpy arrays and CPU tensors all work
-N_BINS = 10
 SCORES = np.arange(1, N_BINS + 1, dtype=np.float64)
 
 

@@ -280,7 +280,8 @@ def fit_probe(
     train, val = splits["train"], splits["val"]
     if len(train) < 2:
         raise ValueError(
-            f"the cache has {len(train)} training images: embed the dataset with --split official or random"
+            f"the cache has {len(train)} training images: "
+            "embed the dataset with --split-kind official or random"
         )
     has_val = len(val) >= 2
     linear = fit_linear(

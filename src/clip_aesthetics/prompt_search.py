@@ -13,7 +13,6 @@ Strategies, for a positive adjective ``p`` and a negative ``q``:
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,8 @@ import torch
 from scipy.stats import rankdata
 
 from .backbones import Backbone
-from .fileio import read_text
+from .constants import PROMPT_METRICS as METRICS
+from .fileio import atomic_write_json, atomic_write_text, read_text
 from .metrics import check_threshold
 from .prompts import (
     CLASS_LISTS,
@@ -35,10 +35,9 @@ from .prompts import (
     group_embedding,
 )
 from .scorers.zeroshot import LOGIT_SCALE, ZeroShotScorer
+from .tables import format_metric, markdown_table
 
-STRATEGIES = ("fixed", "context", "ensemble")
 NEUTRAL_TEMPLATE = "a picture of a {content}"
-METRICS = ("srcc", "plcc", "accuracy")
 WORD_FILE_SUFFIXES = (".txt", ".yaml", ".yml", ".json")
 
 
@@ -140,23 +139,15 @@ def best_scorer(backbone: Backbone, row: dict, contents: tuple[str, ...]) -> Zer
     return ZeroShotScorer(backbone, groups, recipe=recipe, strategy="context", context_prompts=neutral)
 
 
-def _cell(text: str) -> str:
-    """Table-safe text: a ``|`` in an adjective would otherwise start a new column."""
-    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
-
-
-def markdown_table(rows: list[dict], limit: int = 30) -> str:
+def ranked_markdown(rows: list[dict], limit: int = 30) -> str:
     """The top ``limit`` rows as a Markdown table."""
-    lines = [
-        "| rank | strategy | positive | negative | SRCC | PLCC | accuracy |",
-        "|---:|---|---|---|---:|---:|---:|",
+    header = ["rank", "strategy", "positive", "negative", "SRCC", "PLCC", "accuracy"]
+    cells = [
+        [row["rank"], row["strategy"], row["positive"], row["negative"]]
+        + [format_metric(row[k], digits=4) for k in ("srcc", "plcc", "accuracy")]
+        for row in rows[:limit]
     ]
-    for row in rows[:limit]:
-        lines.append(
-            f"| {row['rank']} | {row['strategy']} | {_cell(row['positive'])} | {_cell(row['negative'])} | "
-            f"{row['srcc']:.4f} | {row['plcc']:.4f} | {row['accuracy']:.4f} |"
-        )
-    return "\n".join(lines) + "\n"
+    return markdown_table(header, cells, right=("rank", "SRCC", "PLCC", "accuracy"))
 
 
 def _looks_like_path(value: str) -> bool:
@@ -194,6 +185,7 @@ def contents_for(value: str) -> tuple[str, ...]:
 def write_results(rows: list[dict], meta: dict, json_path: str | os.PathLike, markdown_path=None) -> None:
     """Write the ranked table as JSON (with ``meta``) and optionally Markdown."""
     Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-    Path(json_path).write_text(json.dumps({**meta, "results": rows}, indent=2), encoding="utf-8")
+    atomic_write_json(json_path, {**meta, "results": rows})
     if markdown_path is not None:
-        Path(markdown_path).write_text(markdown_table(rows), encoding="utf-8")
+        Path(markdown_path).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(markdown_path, ranked_markdown(rows))

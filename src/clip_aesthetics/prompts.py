@@ -24,7 +24,7 @@ import torch
 from open_clip import IMAGENET_CLASSNAMES
 from safetensors.torch import load_file, save_file
 
-from .fileio import read_text
+from .fileio import atomic_path, read_text
 from .progress import progress_bar
 
 FIXED_TEMPLATE = "a {adjective} picture"
@@ -209,9 +209,8 @@ def encode_texts(
     embeddings = torch.cat(chunks)
     if use_cache:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        save_file({"embeddings": embeddings.contiguous()}, tmp)
-        os.replace(tmp, path)  # atomic: a concurrent reader never sees half a file
+        with atomic_path(path) as tmp:  # a concurrent reader never sees half a file
+            save_file({"embeddings": embeddings.contiguous()}, tmp)
     return embeddings
 
 

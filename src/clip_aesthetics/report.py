@@ -26,13 +26,13 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 
 from . import __version__
+from .constants import DEFAULT_MAX_THUMBNAILS
 from .fileio import atomic_write_text, name_from_text, text_name
 from .images import DEFAULT_MAX_PIXELS, open_image
 
 if TYPE_CHECKING:
     from .scoring import ScoreReport
 
-DEFAULT_MAX_THUMBNAILS = 2000
 THUMBNAIL_SIZE = 256
 THUMBNAIL_QUALITY = 80
 LIST_ITEMS_SHOWN = 3  # long lists in a config (1000 prompts) show their count and this many items
@@ -261,8 +261,8 @@ def _errors_section(errors: Sequence[Mapping[str, Any]]) -> str:
     if not errors:
         return "<h2 id='unreadable'>Unreadable files</h2><p class='ok'>All files were read.</p>"
     body = []
-    for e in errors:  # score writes {path, error}; evaluate {id, path, reason}, path possibly empty
-        where, why = _h(e.get("path") or e.get("id", "")), _h(e.get("error", e.get("reason", "")))
+    for e in errors:  # score writes {path, error}; evaluate {id, path, error}, path possibly empty
+        where, why = _h(e.get("path") or e.get("id", "")), _h(e.get("error", ""))
         body.append(f"<tr class='error' data-path='{where}'><td>{where}</td><td>{why}</td></tr>")
     return (
         f"<h2 id='unreadable'>Unreadable files <small>{len(errors):,}, left out of the ranking</small></h2>"
@@ -353,9 +353,9 @@ def render_evaluation_report(
     """The HTML page of an evaluation: photos by predicted score, each badge showing predicted and true.
 
     Args:
-        rows: One dict per scored image with ``path``, ``score`` (or ``pred_score``) and ``true_mean``;
+        rows: One dict per scored image with ``path``, ``score`` and ``true_mean``;
             ranked here by score (best first); ``label`` is derived from ``threshold`` when absent.
-        errors: One dict per image that could not be read: ``path`` (or ``id``) and ``error`` (or ``reason``).
+        errors: One dict per image that could not be read: ``path`` (or ``id``) and ``error``.
         metrics: Name -> value (n, srcc, plcc, accuracy, ...), shown as tiles in the given order.
         config: Scorer, dataset and split (nested dicts; long lists are summarised, not dumped).
         title: Page title and heading.
@@ -365,7 +365,7 @@ def render_evaluation_report(
         max_thumbnails, thumbnail_size, workers: As in :func:`render_score_report`.
     """
     threshold = threshold if threshold is not None else _threshold(config.get("scorer", config))
-    scored = [{**r, "score": float(r["score"] if "score" in r else r["pred_score"])} for r in rows]
+    scored = [{**r, "score": float(r["score"])} for r in rows]
     scored.sort(key=lambda r: -r["score"])  # stable: ties keep the input order, as score_paths does
     for rank, row in enumerate(scored, start=1):
         row["rank"] = rank

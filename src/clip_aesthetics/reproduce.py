@@ -18,6 +18,8 @@ from pathlib import Path
 
 from . import provenance
 from .backbones import DEFAULT_PRETRAINED, load_backbone
+from .constants import DEFAULT_IMAGENET_MODEL, DEFAULT_MODEL
+from .constants import REPRODUCE_STEPS as STEPS
 from .evaluation import EvaluationResult, evaluate_scorer, load_split, package_versions, plot_evaluation
 from .features.embed import DatasetSpec, embed_dataset
 from .metrics import plcc
@@ -29,8 +31,6 @@ from .study_report import PUBLISHED, format_metric, write_report_files
 
 __all__ = ["DEFAULT_IMAGENET_MODEL", "STEPS", "ReproduceConfig", "Study", "format_metric", "write_report"]
 
-STEPS = ("zeroshot", "probe", "finetune")
-DEFAULT_IMAGENET_MODEL = "timm:vit_base_patch32_224.augreg_in21k"
 # The paper's ResNet-50 pair: CLIP RN50 beside Alibaba-MIIL's ImageNet-21k ResNet-50 (a weights file).
 MIIL_PAIR = (("CLIP", "RN50", None), ("ImageNet", "timm:resnet50", None))
 # Fine-tuning decodes JPEGs with PIL: the whole study does, so each model is judged on one decode path.
@@ -53,7 +53,7 @@ class ReproduceConfig:
     out: str
     split: str = "official"
     seed: int | None = None
-    model: str = "ViT-B-32"
+    model: str = DEFAULT_MODEL
     pretrained: str | None = None
     imagenet_models: tuple[str, ...] = (DEFAULT_IMAGENET_MODEL,)
     imagenet_pretrained: tuple[str | None, ...] = ()
@@ -72,7 +72,7 @@ class ReproduceConfig:
                 f"--steps takes a comma-separated subset of {', '.join(STEPS)} (got {self.steps})"
             )
         if self.split not in ("official", "random"):
-            raise ValueError(f"--split must be official or random, not {self.split!r}")
+            raise ValueError(f"--split-kind must be official or random, not {self.split!r}")
         if len(self.imagenet_pretrained) > len(self.imagenet_models):
             raise ValueError("--imagenet-pretrained is given once per --imagenet-model, in the same order")
 

@@ -12,7 +12,8 @@ import json
 import os
 from pathlib import Path
 
-from .fileio import atomic_write_text
+from .fileio import atomic_savefig, atomic_write_text
+from .tables import format_metric
 
 PAPER = "Hentschel, Kobs & Hotho 2022"
 PAPER_SPLIT = "their random split (25,551 test images)"
@@ -80,11 +81,6 @@ PUBLISHED = (
 METRICS = ("srcc", "plcc", "accuracy")
 
 
-def format_metric(value) -> str:
-    """A metric with three decimals, or '-' when missing."""
-    return "-" if value is None or value != value else f"{value:.3f}"
-
-
 def _table_row(cells: list[str]) -> str:
     return "| " + " | ".join(cells) + " |"
 
@@ -135,8 +131,8 @@ NOTES = (
     "either way.",
     "Accuracy: a true mean above 5 is good; a zero-shot scorer calls an image good when it is closer to the "
     "positive prompts.",
-    f"The paper's figures come from {PAPER_SPLIT}: compare them with a `--split random` run for the closest "
-    "match; on the official split they compare only roughly.",
+    f"The paper's figures come from {PAPER_SPLIT}: compare them with a `--split-kind random` run for the "
+    "closest match; on the official split they compare only roughly.",
     "A configuration 'not run here' needs its model and weights (e.g. `--model ViT-B-32` with the OpenAI "
     "weights in the Hugging Face cache).",
 )
@@ -156,7 +152,7 @@ def plot_summary(document: dict, path: Path) -> Path:
         ax.invert_yaxis()
     figure.suptitle("Test split, this run")
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
+    atomic_savefig(figure, path, dpi=120)
     return path
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 import warnings
 from collections.abc import Callable
 
@@ -12,8 +13,6 @@ from rich.console import Console
 from rich.text import Text
 
 from ..fileio import text_name
-from ..images import ImageLoadError
-from ..weights import WeightsNotFoundError
 
 app = typer.Typer(
     name="clip-aesthetics",
@@ -26,13 +25,12 @@ app = typer.Typer(
 console = Console(markup=False, highlight=False)
 err_console = Console(stderr=True, markup=False, highlight=False)
 
-# Errors a user can act on: shown as one line, never as a traceback.
+# Errors a user can act on: shown as one line, never as a traceback. WeightsNotFoundError is a RuntimeError;
+# ImageLoadError is recognised by is_user_error without importing the image pipeline (torch) at start-up.
 USER_ERRORS = (
     OSError,  # missing files, a folder where a file was expected, no permission, a full disk
-    WeightsNotFoundError,
     ValueError,
     TypeError,
-    ImageLoadError,
     RuntimeError,
 )
 EXIT_NOTHING_DONE = 1
@@ -60,12 +58,24 @@ def user_errors(command: Callable) -> Callable:
             return command(*args, **kwargs)
         except typer.Exit:  # click's Exit is a RuntimeError: let it through untouched
             raise
-        except USER_ERRORS as exc:
+        except Exception as exc:
+            if not is_user_error(exc):
+                raise
             if os.environ.get("CLIP_AESTHETICS_DEBUG"):  # show the traceback when asked
                 raise
             raise fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
 
     return wrapper
+
+
+def is_user_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is an error a user can act on.
+
+    ImageLoadError is looked up in ``sys.modules`` rather than imported: importing the image pipeline costs
+    torch, and if it was never imported, the error cannot have been raised.
+    """
+    images = sys.modules.get("clip_aesthetics.images")
+    return isinstance(exc, USER_ERRORS) or (images is not None and isinstance(exc, images.ImageLoadError))
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:

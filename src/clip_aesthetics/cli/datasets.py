@@ -2,115 +2,46 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
-from ..backbones import PreprocessConfig
-from ..datasets import ParsedDataset, load_dataset, make_synthetic_ava, write_broken_manifest
-from ..datasets.ava import TEST_LIST, read_id_list
-from ..datasets.records import DEFAULT_MANIFEST
-from ..evaluation import EVAL_DATASETS
-from ..fileio import check_writable
-from ..images import DEFAULT_MAX_PIXELS, iter_batches
+from ..constants import DEFAULT_MANIFEST, DEFAULT_MAX_PIXELS
 from .app import app, console, err_console, user_errors, warn
+from .options import Dataset, DatasetRoot, MaxPixels
 
 datasets_app = typer.Typer(no_args_is_help=True, help="Dataset tools: check that every image can be read.")
 app.add_typer(datasets_app, name="datasets")
 
-# Only readability matters: a tiny target lets JPEGs decode at 1/8 scale (PIL draft), which still reads
-# the whole entropy-coded stream, so truncated and corrupt files fail exactly as at full size.
-VERIFY_PREPROCESS = PreprocessConfig(size=16, resize_size=16, interpolation="nearest")
 SHOW_BROKEN = 10
-
-
-@dataclass
-class VerifyResult:
-    """What a verification found: every image of a dataset checked, the broken ones with reasons."""
-
-    dataset: ParsedDataset
-    n_checked: int
-    n_missing: int
-    broken: dict[str, str]
-    manifest: Path
-
-    @property
-    def n_unreadable(self) -> int:
-        return len(self.broken) - self.n_missing
-
-
-def verify_dataset(
-    dataset: str,
-    root: Path | str,
-    *,
-    batch_size: int = 256,
-    workers: int | None = None,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-    progress: bool | None = None,
-    manifest: Path | str | None = None,
-) -> VerifyResult:
-    """Open every image of a dataset in parallel, collect the missing and unreadable ones, write the manifest.
-
-    Any existing manifest is ignored, so a re-downloaded image leaves the list on the next run. Where the
-    manifest goes is checked for writability first: a read-only dataset fails at once, not after every
-    image was opened.
-
-    Args:
-        dataset: One of :data:`~clip_aesthetics.evaluation.EVAL_DATASETS`.
-        root: The dataset folder (``csv``: the CSV file).
-        manifest: Where to write the manifest; default ``broken_images.json`` in the dataset folder.
-        batch_size, workers, max_pixels, progress: see :func:`~clip_aesthetics.images.iter_batches`.
-    """
-    if dataset not in EVAL_DATASETS:
-        raise ValueError(f"unknown dataset {dataset!r}; choose one of {', '.join(EVAL_DATASETS)}")
-    if not Path(root).exists():
-        raise FileNotFoundError(f"dataset not found: {root}")
-    if workers is None:  # decoding is the whole job here, not a model's helper: use every core
-        workers = min(16, os.cpu_count() or 1)
-    # Parsers always apply a manifest found in the dataset folder; an explicit empty one overrides it.
-    with tempfile.TemporaryDirectory() as tmp:
-        empty = Path(tmp) / "none.json"
-        write_broken_manifest(empty, {})
-        parsed = load_dataset(dataset, root, manifest=empty)
-    target = check_writable(manifest if manifest is not None else parsed.root / DEFAULT_MANIFEST)
-    broken = {d.id: d.reason for d in parsed.report.dropped}  # missing files, found by the parser's scan
-    n_missing = len(broken)
-    records = [r for r in parsed.records if r.path is not None]
-    for batch in iter_batches(
-        [r.path for r in records],
-        VERIFY_PREPROCESS,
-        batch_size=batch_size,
-        workers=workers,
-        max_pixels=max_pixels,
-        progress=progress,
-        description="verifying",
-    ):
-        broken.update((records[i].id, reason) for i, reason in batch.errors)
-    write_broken_manifest(target, broken)
-    return VerifyResult(parsed, len(records) + n_missing, n_missing, broken, target)
 
 
 @datasets_app.command("verify")
 @user_errors
 def verify(
-    root: Path = typer.Argument(..., help="Dataset folder (for --dataset csv: the CSV file)."),
-    dataset: str = typer.Option("ava", "--dataset", "-d", help=f"One of {', '.join(EVAL_DATASETS)}."),
-    manifest: Path = typer.Option(
-        None, help=f"Where to write the manifest (default: {DEFAULT_MANIFEST} in the dataset folder)."
-    ),
-    workers: int = typer.Option(None, min=0, help="Decoding processes (default: one per core, at most 16)."),
-    batch_size: int = typer.Option(256, min=1, help="Images per decoding batch."),
-    max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, min=1, help="Larger images count as unreadable."),
+    root: DatasetRoot,
+    dataset: Dataset = "ava",
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output", "-o", help=f"Manifest to write (default: {DEFAULT_MANIFEST} in the dataset folder)."
+        ),
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(min=0, help="Decoding processes (default: one per core, at most 16).")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per decoding batch.")] = 256,
+    max_pixels: MaxPixels = DEFAULT_MAX_PIXELS,
 ) -> None:
     """Open every image of a dataset and write the missing and unreadable ones to a manifest.
 
     Parsers drop the ids in the manifest (counted in their report), so evaluation and training skip them.
     """
+    from ..datasets.verify import verify_dataset
+
     result = verify_dataset(
-        dataset, root, batch_size=batch_size, workers=workers, max_pixels=max_pixels, manifest=manifest
+        dataset, root, batch_size=batch_size, workers=workers, max_pixels=max_pixels, manifest=output
     )
     for image_id, reason in list(sorted(result.broken.items()))[:SHOW_BROKEN]:
         warn("broken", f"{image_id}: {reason}")
@@ -140,6 +71,9 @@ def synth_ava(
     exist_ok: bool = typer.Option(False, "--exist-ok", help="Write into a non-empty folder."),
 ) -> None:
     """Write a synthetic AVA-format dataset with planted aesthetic signal (for tests and demos)."""
+    from ..datasets import make_synthetic_ava
+    from ..datasets.ava import TEST_LIST, read_id_list
+
     try:
         root = make_synthetic_ava(
             out,

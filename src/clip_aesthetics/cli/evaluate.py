@@ -3,55 +3,49 @@
 from __future__ import annotations
 
 import gc
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
-from ..evaluation import (
-    EVAL_DATASETS,
-    EvaluationResult,
-    EvaluationSet,
-    comparison_row,
-    evaluate_scorer,
-    evaluate_scorers,
-    load_split,
-    metrics_document,
-    package_versions,
-    plot_evaluation,
-    write_json,
-    write_predictions,
-)
-from ..features.hub import CachedFeatures, open_caches
+from ..constants import DEFAULT_MAX_PIXELS, TABLE_METRICS
 from ..fileio import atomic_write_text, check_outputs
-from ..images import DEFAULT_MAX_PIXELS
-from ..prompts import PromptGroups
-from ..report import render_evaluation_report, write_html
-from ..scorers.base import Scorer
-from ..scorers.registry import scorer_file_method
-from ..scoring import build_scorer, load_scorer_groups
+from ..tables import format_interval, format_metric
 from .app import EXIT_NOTHING_DONE, app, console, err_console, fail, user_errors, warn
-from .score import prompt_groups
+from .options import (
+    BatchSize,
+    Dataset,
+    DatasetRoot,
+    Decode,
+    Device,
+    MaxPixels,
+    Precision,
+    Split,
+    SplitKind,
+    SplitSeed,
+    Workers,
+)
+from .score import check_scorer_file_options, prompt_groups
+
+if TYPE_CHECKING:  # the library is imported inside the commands, so that --help is instant
+    from ..evaluation import EvaluationResult, EvaluationSet
+    from ..features.hub import CachedFeatures
+    from ..prompts import PromptGroups
+    from ..scorers.base import Scorer
 
 METHODS = ("zeroshot", "probe", "finetune")
 MADE_BY = {"probe": "clip-aesthetics fit-probe", "finetune": "clip-aesthetics finetune"}
 SHOW_FAILED = 10
 
-# Options shared by evaluate and compare.
-Root = Annotated[Path, typer.Argument(help="Dataset folder (for --dataset csv: the CSV file).")]
-Dataset = Annotated[str, typer.Option("--dataset", "-d", help=f"One of {', '.join(EVAL_DATASETS)}.")]
-Split = Annotated[str, typer.Option(help="train, val, test, or all (every record).")]
-SplitKind = Annotated[str, typer.Option(help="official (the dataset's own) or random (seeded 80/10/10).")]
-SplitSeed = Annotated[int | None, typer.Option(help="Seed of a random split or the val carve-out.")]
+# Options of evaluate and compare only; the shared vocabulary is in options.py.
 Manifest = Annotated[
     Path | None, typer.Option(help="Broken-image manifest (default: broken_images.json if present).")
 ]
-Model = Annotated[
+ZeroShotModel = Annotated[
     str | None, typer.Option("--model", "-m", help="Zero-shot backbone: ViT-B-32, local-dir:PATH, ...")
 ]
-Pretrained = Annotated[
+ZeroShotPretrained = Annotated[
     str | None, typer.Option(help="Zero-shot weights: a tag (default openai), a file, or 'none'.")
 ]
 Positive = Annotated[
@@ -67,14 +61,6 @@ PredThreshold = Annotated[
     typer.Option(help="A predicted score above this is 'good' (default: the scorer's own rule)."),
 ]
 Bootstrap = Annotated[int, typer.Option(min=0, help="Bootstrap resamples for 95% intervals (0: none).")]
-BatchSize = Annotated[int, typer.Option(min=1, help="Images per model call.")]
-Workers = Annotated[
-    int | None, typer.Option(min=0, help="Decoding processes (default: depends on the device).")
-]
-Decode = Annotated[str, typer.Option(help="JPEG decoding: auto (nvJPEG on CUDA), cpu, gpu.")]
-Device = Annotated[str, typer.Option(help="auto (CUDA if present), cpu, cuda, cuda:1, ...")]
-Precision = Annotated[str, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16, fp16.")]
-MaxPixels = Annotated[int, typer.Option(min=1, help="Larger images count as unreadable.")]
 FeatureCaches = Annotated[
     list[Path] | None,
     typer.Option(
@@ -87,6 +73,8 @@ FeatureCaches = Annotated[
 
 def resolve_method(method: str | None, scorer_file: str | None) -> str:
     """The method to evaluate: a scorer file's own, which an explicit ``--method`` must agree with."""
+    from ..scorers.registry import scorer_file_method
+
     if method is not None and method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     if scorer_file is None:
@@ -106,16 +94,14 @@ def _check_suffix(path: Path | None, suffix: str, option: str) -> None:
         raise ValueError(f"{option} must be a {suffix} file, not {path.name!r}")
 
 
-TABLE_METRICS = ("srcc", "plcc", "accuracy", "emd", "mse", "mae")
 HEADINGS = {"srcc": "SRCC", "plcc": "PLCC", "accuracy": "acc", "emd": "EMD", "mse": "MSE", "mae": "MAE"}
 
 
 def _metric_cells(metrics: dict, intervals: dict, names: list[str]) -> list[str]:
     cells = []
     for name in names:
-        value, interval = metrics.get(name), intervals.get(name)
-        text = "-" if value is None or value != value else f"{value:.3f}"
-        cells.append(f"{text}\n[{interval[0]:.3f}, {interval[1]:.3f}]" if interval else text)
+        text = format_metric(metrics.get(name))
+        cells.append(f"{text}\n{format_interval(intervals[name])}" if name in intervals else text)
     return cells
 
 
@@ -135,7 +121,7 @@ def print_results(named: list[tuple[str, EvaluationResult]], title: str) -> None
 
 def _report_failed(result: EvaluationResult) -> None:
     for item in result.failed[:SHOW_FAILED]:
-        warn("failed", f"{item['id']} ({item['path']}): {item['reason']}")
+        warn("failed", f"{item['id']} ({item['path']}): {item['error']}")
     if result.n_failed > SHOW_FAILED:
         err_console.print(f"... and {result.n_failed - SHOW_FAILED} more (listed in the metrics file)")
 
@@ -143,6 +129,8 @@ def _report_failed(result: EvaluationResult) -> None:
 def _load_set(
     root: Path, dataset: str, split: str, kind: str, seed: int | None, manifest: Path | None
 ) -> EvaluationSet:
+    from ..evaluation import load_split
+
     evaluation_set = load_split(dataset, root, split, kind, seed=seed, manifest=manifest)
     report = evaluation_set.dataset.report
     console.print(
@@ -158,7 +146,7 @@ def _load_set(
 @app.command()
 @user_errors
 def evaluate(
-    root: Root,
+    root: DatasetRoot,
     output: Annotated[Path, typer.Option("--output", "-o", help="Metrics file (.json).")],
     dataset: Dataset = "ava",
     split: Split = "test",
@@ -169,8 +157,8 @@ def evaluate(
     scorer_file: Annotated[
         str | None, typer.Option("--scorer", help="A saved scorer file (.json/.safetensors).")
     ] = None,
-    model: Model = None,
-    pretrained: Pretrained = None,
+    model: ZeroShotModel = None,
+    pretrained: ZeroShotPretrained = None,
     positive: Positive = None,
     negative: Negative = None,
     prompts: Prompts = None,
@@ -191,13 +179,17 @@ def evaluate(
     features: FeatureCaches = None,
 ) -> None:
     """Evaluate one scorer on a labelled dataset split: metrics JSON, predictions CSV, optional plots."""
+    from ..evaluation import evaluate_scorer, metrics_document, plot_evaluation, write_json, write_predictions
+    from ..features.hub import open_caches
+    from ..report import write_html
+
     _check_suffix(output, ".json", "--output")
     _check_suffix(predictions, ".csv", "--predictions")
     _check_suffix(html, ".html", "--html")
     check_outputs(output, predictions, html, plots / "scatter.png" if plots else None)
     resolve_method(method, scorer_file)
     groups = prompt_groups(positive, negative, prompts)
-    _check_file_options(scorer_file, model, pretrained, groups)
+    check_scorer_file_options(scorer_file, model, pretrained, groups)
     evaluation_set = _load_set(root, dataset, split, split_kind, split_seed, manifest)
     scorer = _build(scorer_file, model, pretrained, groups, device)
     caches = open_caches(features or [])
@@ -244,11 +236,13 @@ def _check_caches(caches: list[CachedFeatures], scorer: Scorer) -> None:
 
 def evaluation_html(result: EvaluationResult, title: str) -> str:
     """The HTML report of an evaluation: photos by predicted score with their true mean."""
+    from ..report import render_evaluation_report
+
     rows = [
         {
             "id": result.records[i].id,
             "path": str(result.records[i].path),
-            "pred_score": float(result.pred[i]),
+            "score": float(result.pred[i]),
             "true_mean": float(result.records[i].mean),
         }
         for i in result.scored
@@ -264,17 +258,6 @@ def evaluation_html(result: EvaluationResult, title: str) -> str:
     )
 
 
-def _check_file_options(
-    scorer_file: str | None, model: str | None, pretrained: str | None, groups: PromptGroups | None
-) -> None:
-    """Refuse backbone and prompt options next to a scorer file before any data or model is loaded."""
-    if scorer_file is not None and (model or pretrained or groups):
-        raise ValueError(
-            "a scorer file names its own backbone and prompts: drop --model/--pretrained/--positive/"
-            "--negative/--prompts"
-        )
-
-
 def _build(
     scorer_file: str | None,
     model: str | None,
@@ -282,7 +265,9 @@ def _build(
     groups: PromptGroups | None,
     device: str,
 ) -> Scorer:
-    _check_file_options(scorer_file, model, pretrained, groups)
+    from ..scoring import build_scorer
+
+    check_scorer_file_options(scorer_file, model, pretrained, groups)
     return build_scorer(
         scorer_file or "zeroshot", model=model, pretrained=pretrained, prompts=groups, device=device
     )
@@ -299,7 +284,7 @@ def _names(scorer_files: list[str], zeroshot: bool) -> list[tuple[str, str | Non
 @app.command()
 @user_errors
 def compare(
-    root: Root,
+    root: DatasetRoot,
     output: Annotated[Path, typer.Option("--output", "-o", help="Comparison table (.md).")],
     json_output: Annotated[
         Path | None, typer.Option("--json", help="The same table with details (.json).")
@@ -313,8 +298,8 @@ def compare(
         list[str] | None, typer.Option("--scorer", help="A scorer file (repeatable).")
     ] = None,
     zeroshot: Annotated[bool, typer.Option("--zeroshot", help="Also evaluate zero-shot prompts.")] = False,
-    model: Model = None,
-    pretrained: Pretrained = None,
+    model: ZeroShotModel = None,
+    pretrained: ZeroShotPretrained = None,
     positive: Positive = None,
     negative: Negative = None,
     prompts: Prompts = None,
@@ -340,6 +325,9 @@ def compare(
         raise ValueError(
             "--model, --pretrained and prompt options describe the --zeroshot scorer: add --zeroshot"
         )
+    from ..features.hub import open_caches
+    from ..scorers.registry import scorer_file_method
+
     for path in scorer_files:
         scorer_file_method(path)  # fail on a bad file now, not after the first scorer has run
     caches = open_caches(features or [])
@@ -362,6 +350,9 @@ def _evaluate_by_encoder(
     sources: list[str], zeroshot_options: dict, evaluation_set: EvaluationSet, options: dict
 ) -> dict[int, EvaluationResult]:
     """Results by source index; heads on one encoder together, so each image is encoded once for them."""
+    from ..evaluation import evaluate_scorers
+    from ..scoring import load_scorer_groups
+
     results: dict[int, EvaluationResult] = {}
     used: set[Path] = set()
     for group in load_scorer_groups(sources, **zeroshot_options):
@@ -385,33 +376,13 @@ def _write_comparison(
     output: Path,
     json_output: Path | None,
 ) -> None:
+    from ..evaluation import comparison_markdown, comparison_row, package_versions, write_json
+
     rows = [comparison_row(name, result) for name, result in named]
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(output, markdown_table(rows))
+    atomic_write_text(output, comparison_markdown(rows))
     written = [output]
     if json_output is not None:
         document = {**evaluation_set.describe(), "threshold": threshold, "rows": rows}
         written.append(write_json({**document, "versions": package_versions()}, json_output))
     console.print(f"wrote {', '.join(map(str, written))}", highlight=False)
-
-
-def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
-    """Comparison rows as a Markdown table (metrics to 3 decimals, intervals in brackets, '-' when absent)."""
-    metrics = [m for m in TABLE_METRICS if any(row.get(m) is not None for row in rows)]
-    header = ["scorer", "method", "backbone", "n", *metrics, "failed", "images/s"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
-    for row in rows:
-        cells = [str(row["name"]), str(row.get("method") or "-"), str(row.get("backbone") or "-")]
-        cells.append(str(row.get("n", 0)))
-        for m in metrics:
-            interval = (row.get("intervals") or {}).get(m)
-            text = _fmt(row.get(m))
-            cells.append(f"{text} [{_fmt(interval[0])}, {_fmt(interval[1])}]" if interval else text)
-        cells += [str(row.get("n_failed", 0)), f"{row.get('images_per_second') or 0:.1f}"]
-        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None or value != value else f"{value:.3f}"

@@ -7,27 +7,30 @@ from pathlib import Path
 
 import typer
 
-from ..finetune.config import TrainConfig
+from ..tables import format_metric
 from .app import app, console, user_errors
+
+FINETUNE_TEST_METRICS = (("srcc", "SRCC"), ("plcc", "PLCC"), ("accuracy", "acc"))
 
 
 def _given(**options) -> dict:
     return {k: v for k, v in options.items() if v is not None}
 
 
-def _build_config(dataset: Path | None, resume: Path | None, out: Path | None, options: dict) -> tuple:
+def _build_config(dataset: Path | None, resume: Path | None, output: Path | None, options: dict) -> tuple:
     """(config, run folder, resuming) from the command line."""
+    from ..finetune.config import TrainConfig
     from ..finetune.run import resume_config
 
     if resume is not None:
-        if out is not None and out.resolve() != resume.resolve():
-            raise ValueError(f"--out {out} differs from --resume {resume}: give one run folder")
+        if output is not None and output.resolve() != resume.resolve():
+            raise ValueError(f"--output {output} differs from --resume {resume}: give one run folder")
         if dataset is not None:
             options = {**options, "dataset": str(dataset)}
         return resume_config(resume, **options), resume, True
-    if dataset is None or out is None:
-        raise ValueError("give DATASET and --out RUN_DIR (or --resume RUN_DIR)")
-    return TrainConfig(dataset=str(dataset), **options), out, False
+    if dataset is None or output is None:
+        raise ValueError("give DATASET and --output RUN_DIR (or --resume RUN_DIR)")
+    return TrainConfig(dataset=str(dataset), **options), output, False
 
 
 @app.command()
@@ -36,14 +39,14 @@ def finetune(
     dataset: Path = typer.Argument(
         None, help="Dataset folder (AVA_dataset) or label file (with --resume: optional, the run's)."
     ),
-    out: Path = typer.Option(None, "--out", "-o", help="Run folder to create."),
+    output: Path = typer.Option(None, "--output", "-o", help="Run folder to create."),
     resume: Path = typer.Option(
         None,
         help="Continue the run in this folder from its last checkpoint. The original options may be given "
         "again; only --max-epochs, --workers and --device may change.",
     ),
     dataset_kind: str = typer.Option(
-        None, "--dataset", help="ava (default), csv, aadb, tad66k, para, koniq."
+        None, "--dataset", "-d", help="Format: ava (default), csv, aadb, tad66k, para, koniq."
     ),
     model: str = typer.Option(
         None, "--model", "-m", help="Backbone: ViT-B-32 (default), RN50, timm:NAME, ..."
@@ -67,7 +70,7 @@ def finetune(
     freeze_backbone: bool = typer.Option(None, "--freeze-backbone", help="Train the head only."),
     freeze_blocks: int = typer.Option(None, min=0, help="Freeze the stem and the first N tower blocks."),
     augment: bool = typer.Option(None, "--augment", help="Random resized crop + flip (default: none)."),
-    split: str = typer.Option(None, help="official (default: the dataset's own) or random."),
+    split_kind: str = typer.Option(None, help="official (default: the dataset's own) or random."),
     val_fraction: float = typer.Option(None, help="Validation fraction (of train for official; 0.05)."),
     test_fraction: float = typer.Option(None, help="Test fraction of a random split (0.1)."),
     split_seed: int = typer.Option(None, help="Split seed (default: 123 official, 0 random)."),
@@ -85,11 +88,11 @@ def finetune(
         lr_backbone=lr_backbone, lr_head=lr_head, momentum=momentum, weight_decay=weight_decay,
         schedule=schedule, warmup_epochs=warmup_epochs, batch_size=batch_size, accumulate=accumulate,
         max_epochs=max_epochs, patience=patience, dropout=dropout, freeze_backbone=freeze_backbone,
-        freeze_blocks=freeze_blocks, augment=augment, split=split, val_fraction=val_fraction,
+        freeze_blocks=freeze_blocks, augment=augment, split=split_kind, val_fraction=val_fraction,
         test_fraction=test_fraction, split_seed=split_seed, seed=seed, precision=precision,
         workers=workers, device=device,
     )  # fmt: skip
-    config, run_dir, resuming = _build_config(dataset, resume, out, options)
+    config, run_dir, resuming = _build_config(dataset, resume, output, options)
     result = run_finetune(config, run_dir, resume=resuming, stop_after=stop_after, log=_print)
     _report(result, run_dir)
 
@@ -102,8 +105,9 @@ def _report(result, run_dir: Path) -> None:
     _print(f"{status} after epoch {result.epochs}; best epoch {result.best_epoch}; scorer {best}")
     if result.test:
         t = result.test
-        line = f"test ({t['n']} images): SRCC {t['srcc']:.3f}, PLCC {t['plcc']:.3f}, acc {t['accuracy']:.3f}"
-        _print(line + (f", EMD {t['emd']:.4f}" if "emd" in t else ""))
+        metrics = ", ".join(f"{name} {format_metric(t.get(key))}" for key, name in FINETUNE_TEST_METRICS)
+        emd = f", EMD {format_metric(t['emd'], digits=4)}" if "emd" in t else ""
+        _print(f"test ({t['n']} images): {metrics}{emd}")
 
 
 def _print(line: str) -> None:

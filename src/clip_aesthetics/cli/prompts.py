@@ -4,28 +4,25 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from ..backbones import DEFAULT_MODEL, load_backbone
-from ..features.cache import load_features
-from ..features.embed import DatasetSpec, embed_dataset
-from ..metrics import check_threshold
-from ..prompt_search import (
-    METRICS,
-    STRATEGIES,
-    best_scorer,
-    contents_for,
-    embed_adjectives,
-    load_word_list,
-    search_pairs,
-    similarities,
-    write_results,
-)
-from ..prompts import CLASS_LISTS, NEGATIVE_ADJECTIVES, POSITIVE_ADJECTIVES
-from ..scorers import save_scorer
+from ..constants import DEFAULT_MODEL, PROMPT_METRICS, PROMPT_STRATEGIES, SPLITS
+from ..tables import format_metric
 from .app import app, console, user_errors
+from .options import (
+    BatchSize,
+    Dataset,
+    DatasetRoot,
+    Device,
+    Precision,
+    Pretrained,
+    SplitKind,
+    SplitSeed,
+    Workers,
+)
 
 prompts_app = typer.Typer(no_args_is_help=True, help="Prompt engineering for zero-shot scoring.")
 app.add_typer(prompts_app, name="prompts")
@@ -39,13 +36,13 @@ def default_cache(output: Path, model: str) -> Path:
 @prompts_app.command("search")
 @user_errors
 def search(
-    dataset_root: Path = typer.Argument(..., help="Dataset folder (e.g. AVA_dataset)."),
-    dataset: str = typer.Option("ava", help="Dataset format: ava, csv, aadb, tad66k, para, koniq."),
-    split: str = typer.Option("val", help="Split to judge prompts on: train, val or test."),
-    split_kind: str = typer.Option("official", help="official or random (seeded) split."),
-    split_seed: int = typer.Option(None, help="Seed of the random split / validation carve-out."),
-    model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="CLIP backbone."),
-    pretrained: str = typer.Option(None, help="Weights: a tag (default openai), a file, or 'none'."),
+    dataset_root: DatasetRoot,
+    dataset: Dataset = "ava",
+    split: Annotated[str, typer.Option(help="Part to judge prompts on: train, val, test or all.")] = "val",
+    split_kind: SplitKind = "official",
+    split_seed: SplitSeed = None,
+    model: Annotated[str, typer.Option("--model", "-m", help="CLIP backbone.")] = DEFAULT_MODEL,
+    pretrained: Pretrained = None,
     positive: str = typer.Option(None, help="Positive adjectives: a file (one per line) or a,b,c."),
     negative: str = typer.Option(None, help="Negative adjectives: a file (one per line) or a,b,c."),
     contents: str = typer.Option(
@@ -53,23 +50,41 @@ def search(
         help="Content words for context prompts: imagenet (the authors' class names), imagenet-curated "
         "(open_clip's), a file, or a,b.",
     ),
-    strategies: str = typer.Option(",".join(STRATEGIES), help="Strategies to try (comma separated)."),
-    metric: str = typer.Option("srcc", help=f"Rank pairs by: {', '.join(METRICS)}."),
+    strategies: str = typer.Option(",".join(PROMPT_STRATEGIES), help="Strategies to try (comma separated)."),
+    metric: str = typer.Option("srcc", help=f"Rank pairs by: {', '.join(PROMPT_METRICS)}."),
     threshold: float = typer.Option(5.0, help="A true mean above this is a 'good' image."),
     output: Path = typer.Option(Path("prompt_search.json"), "--output", "-o", help="Ranked results (JSON)."),
     markdown: Path = typer.Option(None, help="Also write the ranked table as Markdown."),
     save_best: Path = typer.Option(None, help="Save the best pair as a scorer file (.json)."),
     cache: Path = typer.Option(None, help="Feature cache folder (default: beside --output)."),
-    batch_size: int = typer.Option(64, min=1),
-    workers: int = typer.Option(None, min=0),
-    device: str = typer.Option("auto"),
-    precision: str = typer.Option("auto"),
+    batch_size: BatchSize = 64,
+    workers: Workers = None,
+    device: Device = "auto",
+    precision: Precision = "auto",
     top: int = typer.Option(10, min=0, help="Rows to show."),
 ) -> None:
     """Rank positive x negative adjective pairs under fixed, context-aware and ensembled prompts."""
+    from ..backbones import load_backbone
+    from ..features.cache import load_features
+    from ..features.embed import DatasetSpec, embed_dataset
+    from ..metrics import check_threshold
+    from ..prompt_search import (
+        best_scorer,
+        contents_for,
+        embed_adjectives,
+        load_word_list,
+        search_pairs,
+        similarities,
+        write_results,
+    )
+    from ..prompts import CLASS_LISTS, NEGATIVE_ADJECTIVES, POSITIVE_ADJECTIVES
+    from ..scorers import save_scorer
+
+    if split not in SPLITS:
+        raise ValueError(f"--split takes one of {', '.join(SPLITS)}, not {split!r}")
     chosen = tuple(s.strip() for s in strategies.split(",") if s.strip())
-    if not chosen or set(chosen) - set(STRATEGIES):
-        raise ValueError(f"--strategies takes a comma-separated subset of {', '.join(STRATEGIES)}")
+    if not chosen or set(chosen) - set(PROMPT_STRATEGIES):
+        raise ValueError(f"--strategies takes a comma-separated subset of {', '.join(PROMPT_STRATEGIES)}")
     check_threshold(threshold, "--threshold")
     positives = load_word_list(positive, POSITIVE_ADJECTIVES)
     negatives = load_word_list(negative, NEGATIVE_ADJECTIVES)
@@ -113,9 +128,7 @@ def _show(rows: list[dict], top: int, n_images: int, output: Path, save_best: Pa
             row["strategy"],
             row["positive"],
             row["negative"],
-            f"{row['srcc']:.4f}",
-            f"{row['plcc']:.4f}",
-            f"{row['accuracy']:.4f}",
+            *(format_metric(row[k], digits=4) for k in ("srcc", "plcc", "accuracy")),
         )
     console.print(table)
     line = f"{len(rows)} configurations; wrote {output}"

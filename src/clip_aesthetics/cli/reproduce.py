@@ -7,20 +7,25 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from ..reproduce import DEFAULT_IMAGENET_MODEL, STEPS, ReproduceConfig, Study, format_metric, write_report
+from ..constants import DEFAULT_IMAGENET_MODEL, DEFAULT_MODEL, REPRODUCE_STEPS
+from ..tables import format_metric
 from .app import app, console, user_errors
 
 
 @app.command()
 @user_errors
 def reproduce(
-    ava: Path = typer.Option(..., help="The AVA_dataset folder (AVA.txt, images/, aesthetics_image_lists/)."),
-    out: Path = typer.Option(
-        ..., help="Output folder: scorers, feature caches, runs, report.md/.json, plots."
+    root: Path = typer.Argument(
+        ..., help="The AVA_dataset folder (AVA.txt, images/, aesthetics_image_lists/)."
     ),
-    split: str = typer.Option("official", help="official (generic_test.jpgl) or random (seeded 80/10/10)."),
+    output: Path = typer.Option(
+        ..., "--output", "-o", help="Output folder: scorers, feature caches, runs, report.md/.json, plots."
+    ),
+    split_kind: str = typer.Option(
+        "official", help="official (generic_test.jpgl) or random (seeded 80/10/10)."
+    ),
     split_seed: int = typer.Option(None, help="Seed of the random split / validation carve-out."),
-    model: str = typer.Option("ViT-B-32", "--model", "-m", help="CLIP backbone."),
+    model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="CLIP backbone."),
     pretrained: str = typer.Option(None, help="CLIP weights: a tag (default openai), a file, or 'none'."),
     imagenet_model: list[str] = typer.Option(
         [DEFAULT_IMAGENET_MODEL], help="ImageNet baseline (timm:NAME); repeatable."
@@ -34,7 +39,7 @@ def reproduce(
         help="Alibaba-MIIL's ImageNet-21k ResNet-50 weights (resnet50_miil_21k.pth): adds the paper's "
         "ResNet-50 pair to the probes, CLIP RN50 vs this model.",
     ),
-    steps: str = typer.Option(",".join(STEPS), help="Steps to run (comma separated)."),
+    steps: str = typer.Option(",".join(REPRODUCE_STEPS), help="Steps to run (comma separated)."),
     max_epochs: int = typer.Option(
         100, min=1, help="Fine-tuning epochs at most (early stopping may end sooner)."
     ),
@@ -44,10 +49,12 @@ def reproduce(
     precision: str = typer.Option("auto", help="auto (bf16 on CUDA), fp32, bf16, fp16."),
 ) -> None:
     """Reproduce the study: zero-shot prompts, CLIP vs ImageNet probes, CLIP vs ImageNet fine-tuning."""
+    from ..reproduce import ReproduceConfig, Study, write_report
+
     config = ReproduceConfig(
-        ava=str(ava),
-        out=str(out),
-        split=split,
+        ava=str(root),
+        out=str(output),
+        split=split_kind,
         seed=split_seed,
         model=model,
         pretrained=pretrained,
@@ -71,4 +78,6 @@ def reproduce(
         cells = [row["name"], str(row["n"])] + [format_metric(row[k]) for k in ("srcc", "plcc", "accuracy")]
         table.add_row(*cells)
     console.print(table)
-    console.print(f"wrote {out / 'report.md'}, {out / 'report.json'} and {out / 'plots'}", highlight=False)
+    console.print(
+        f"wrote {output / 'report.md'}, {output / 'report.json'} and {output / 'plots'}", highlight=False
+    )

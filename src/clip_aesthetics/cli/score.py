@@ -4,25 +4,27 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
 
+from ..constants import DEFAULT_MAX_PIXELS, DEFAULT_MAX_THUMBNAILS
 from ..fileio import text_name
-from ..images import DEFAULT_MAX_PIXELS, find_images, resolve_decode
-from ..prompts import PromptGroups, PromptRecipe, expand, load_prompt_file
-from ..report import DEFAULT_MAX_THUMBNAILS, render_score_report, write_html
-from ..score_run import Outputs, ScoreInterrupted, ScoreRun, default_part_rows
-from ..scorers.base import resolve_precision
-from ..scoring import NON_FINITE, ScoreReport, build_scorer, iter_scored
-from ..stored_embeddings import StoredEmbeddings
 from .app import EXIT_INTERRUPTED, EXIT_NOTHING_DONE, app, console, err_console, fail, user_errors, warn
+from .options import CpuBf16Precision
+
+if TYPE_CHECKING:  # the library is imported inside the commands, so that --help is instant
+    from ..prompts import PromptGroups
+    from ..stored_embeddings import StoredEmbeddings
 
 
 def prompt_groups(
     positive: list[str] | None, negative: list[str] | None, prompts: Path | None, contents: str | None = None
 ) -> PromptGroups | None:
     """Custom prompts from the command line or a file; None keeps the paper's defaults."""
+    from ..prompts import PromptGroups, load_prompt_file
+
     if prompts is not None and (positive or negative):
         raise ValueError("use either --prompts FILE or --positive/--negative, not both")
     if contents is not None:
@@ -39,9 +41,27 @@ def prompt_groups(
 def default_prompts_over(contents: str) -> PromptGroups:
     """The paper's adjectives over other content words (a class-name list, a file or a,b)."""
     from ..prompt_search import contents_for
+    from ..prompts import PromptGroups, PromptRecipe, expand
 
     words, recipe = contents_for(contents), PromptRecipe()
     return PromptGroups(expand(recipe.positive_adjectives, words), expand(recipe.negative_adjectives, words))
+
+
+def check_scorer_file_options(
+    scorer_file: str | None, model: str | None, pretrained: str | None, groups: PromptGroups | None
+) -> None:
+    """Refuse backbone and prompt options next to a scorer file (it names its own), before any work.
+
+    A ``laion:`` checkpoint is the exception: an MLP over the embeddings of the backbone that --model and
+    --pretrained name (default ViT-L-14, openai).
+    """
+    if scorer_file is not None and scorer_file.startswith("laion:") and not groups:
+        return
+    if scorer_file is not None and (model or pretrained or groups):
+        raise ValueError(
+            "a scorer file names its own backbone and prompts: drop --model/--pretrained/--positive/"
+            "--negative/--prompts"
+        )
 
 
 def interruptible(command):
@@ -96,9 +116,7 @@ def score(
         None, min=1, help="Results per part file, a multiple of --batch-size (default: about 1024)."
     ),
     device: str = typer.Option("auto", help="auto (CUDA if present), cpu, cuda, cuda:1, ..."),
-    precision: str = typer.Option(
-        "auto", help="auto (bf16 on CUDA and on CPUs with native bf16, else fp32), fp32, bf16, fp16."
-    ),
+    precision: CpuBf16Precision = "auto",
     decode: str = typer.Option("auto", help="JPEG decoding: auto (nvJPEG on CUDA), cpu, gpu."),
     workers: int = typer.Option(None, min=0, help="Decoding processes (default: one per core, at most 8)."),
     top: int = typer.Option(10, min=0, help="How many of the best images to show."),
@@ -115,7 +133,12 @@ def score(
     Results are written in parts as batches finish (in .OUTPUT.parts/ beside the output); rerunning the
     same command after an interruption continues where it stopped.
     """
+    from ..report import render_score_report, write_html
+    from ..score_run import Outputs, ScoreInterrupted, ScoreRun, default_part_rows
+    from ..scoring import ScoreReport, build_scorer
+
     groups = prompt_groups(positive, negative, prompts, contents)
+    check_scorer_file_options(scorer_file, model, pretrained, groups)
     outputs = Outputs(output, html, embeddings)
     outputs.validate()  # before any model or image is loaded
     part_rows = part_size or default_part_rows(batch_size)
@@ -173,6 +196,10 @@ def score(
 
 def _image_batches(scorer, files: list[Path], *, precision: str, decode: str, **pipeline):
     """The options that change image scores (recorded with the parts) and the batch source for a run."""
+    from ..images import resolve_decode
+    from ..scorers.base import resolve_precision
+    from ..scoring import iter_scored
+
     options = {
         "batch_size": pipeline["batch_size"],
         "precision": resolve_precision(scorer.device, precision, cpu_bf16=True),
@@ -197,6 +224,9 @@ def _embedding_batches(scorer, stored: StoredEmbeddings, batch_size: int):
 
 def _inputs(paths: list[Path] | None, from_embeddings: Path | None, embeddings: bool):
     """(stored embeddings, None) or (None, image files) from the arguments."""
+    from ..images import find_images
+    from ..stored_embeddings import StoredEmbeddings
+
     if from_embeddings is not None:
         if paths:
             raise ValueError("give either image paths or --from-embeddings FILE, not both")
@@ -209,6 +239,8 @@ def _inputs(paths: list[Path] | None, from_embeddings: Path | None, embeddings: 
 
 
 def _nothing_scored(result) -> str:
+    from ..scoring import NON_FINITE
+
     if result.n_non_finite:
         return f"none of the {result.n_inputs} images got a score: {NON_FINITE} for {result.n_non_finite}" + (
             f", {result.n_unreadable} unreadable" if result.n_unreadable else ""
@@ -217,6 +249,8 @@ def _nothing_scored(result) -> str:
 
 
 def _summary(result, top: int) -> None:
+    from ..scoring import NON_FINITE
+
     if top and result.top_rows:
         table = Table(title=f"Top {len(result.top_rows)} of {result.n_scored}")
         for column in ("rank", "score", "label", "path"):

@@ -29,7 +29,7 @@ from .records import (
     scan_folder,
     write_broken_manifest,
 )
-from .splits import SplitInfo, official_split, random_split, split_records
+from .splits import SplitInfo, Splits, official_split, random_split, split_records
 from .synthetic import make_synthetic_ava
 
 DATASETS: dict[str, Callable[..., ParsedDataset]] = {
@@ -58,6 +58,33 @@ def load_dataset(name: str, root: Path | str, **options: Any) -> ParsedDataset:
     return parser(root, **options)
 
 
+def load_and_split(
+    name: str,
+    root: Path | str,
+    kind: str = "official",
+    *,
+    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+    val_fraction: float = 0.05,
+    seed: int | None = None,
+    manifest: Path | str | None = None,
+) -> tuple[ParsedDataset, Splits, SplitInfo]:
+    """Parse a dataset (dropping broken and missing images) and split it: how every command reads one.
+
+    Args:
+        name, root: see :func:`load_dataset`.
+        kind, fractions, val_fraction, seed: see :func:`split_records` (``--split-kind``, ``--split-seed``).
+        manifest: Broken-image manifest; by default ``broken_images.json`` in the dataset folder if present.
+
+    Raises:
+        FileNotFoundError: ``root`` does not exist.
+    """
+    if not Path(root).exists():
+        raise FileNotFoundError(f"dataset not found: {root}")
+    parsed = load_dataset(name, root, **({} if manifest is None else {"manifest": manifest}))
+    splits, info = split_records(parsed, kind, fractions=fractions, val_fraction=val_fraction, seed=seed)
+    return parsed, splits, info
+
+
 __all__ = [
     "DATASETS",
     "IMAGE_EXTENSIONS",
@@ -70,6 +97,7 @@ __all__ = [
     "SkippedLine",
     "SplitInfo",
     "filter_available",
+    "load_and_split",
     "load_broken_manifest",
     "load_dataset",
     "make_synthetic_ava",

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..constants import N_BINS
 from ..fileio import open_text, read_text
 from .records import (
     ParsedDataset,
@@ -156,7 +157,7 @@ def parse_ava(
     txt = root / AVA_TXT
     with bulk_allocation():
         rows, vote_array = _read_ava_txt(txt, tag_names, report, lenient)
-        means = (vote_array @ np.arange(1, 11)) / vote_array.sum(axis=1)
+        means = (vote_array @ np.arange(1, N_BINS + 1)) / vote_array.sum(axis=1)
         records = [
             Record(
                 image_id,

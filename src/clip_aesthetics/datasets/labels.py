@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..constants import VOTE_COLUMNS
 from ..fileio import open_text
 from .records import (
     ParsedDataset,
@@ -45,7 +46,7 @@ from .records import (
     resolve_manifest,
 )
 
-DEFAULT_VOTE_COLUMNS = tuple(f"votes_{i}" for i in range(1, 11))
+DEFAULT_VOTE_COLUMNS = VOTE_COLUMNS
 SPLIT_ALIASES = {
     "train": "train",
     "training": "train",

@@ -13,7 +13,6 @@ from __future__ import annotations
 import gc
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -22,15 +21,13 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..fileio import read_text
+from ..constants import DEFAULT_MANIFEST, IMAGE_EXTENSIONS, N_BINS
+from ..fileio import atomic_write_text, read_text
 
-N_BINS = 10
-DEFAULT_MANIFEST = "broken_images.json"
 _SCORES = np.arange(1, N_BINS + 1)
 # No image anywhere has a billion ratings (AVA's busiest has about 550): a larger count is a corrupt file, and
 # counts near 2**63 would overflow the int64 sums behind every mean.
 MAX_VOTES = 10**9
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
 
 
 @contextmanager
@@ -217,15 +214,7 @@ def load_broken_manifest(path: Path | str) -> dict[str, str]:
 def write_broken_manifest(path: Path | str, broken: Mapping[str, str]) -> None:
     """Write ``{"broken": {id: reason}}`` as JSON (sorted ids), atomically: readers never see half a file."""
     path = Path(path)
-    payload = json.dumps({"broken": dict(sorted(broken.items()))}, indent=1) + "\n"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(payload)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, json.dumps({"broken": dict(sorted(broken.items()))}, indent=1) + "\n")
 
 
 def resolve_manifest(root: Path, manifest: Path | str | None) -> dict[str, str]:

@@ -35,6 +35,8 @@ import numpy as np
 from PIL import Image, ImageFilter
 from scipy.special import ndtr
 
+from ..constants import N_BINS
+
 QUALITY_WEIGHTS = {
     "exposure": 1.0,
     "contrast": 0.7,
@@ -240,7 +242,7 @@ def make_synthetic_ava(
     q = _latent_quality(planted, rng)
     votes = _votes(q, rng, raters)
     _write_lists(out, ids, votes, [ids[i] for i in sorted(test_idx)], rng)
-    means = votes @ np.arange(1, 11) / votes.sum(axis=1)
+    means = votes @ np.arange(1, N_BINS + 1) / votes.sum(axis=1)
     with (out / "planted.csv").open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(PLANTED_COLUMNS)

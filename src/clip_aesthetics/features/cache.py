@@ -31,15 +31,15 @@ import pyarrow.parquet as pq
 
 from .. import __version__
 from ..backbones import Backbone
+from ..constants import VOTE_COLUMNS
 from ..datasets import Record
-from ..fileio import name_from_text, text_name
+from ..fileio import atomic_path, atomic_write_text, name_from_text, text_name
 from ..scorers.base import resolve_precision
 
 CACHE_FORMAT = "clip-aesthetics-features"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 FEATURE_DTYPE = np.float16
-VOTE_COLUMNS = tuple(f"votes_{i}" for i in range(1, 11))
 
 
 def feature_kind(backbone: Backbone) -> str:
@@ -114,9 +114,7 @@ def read_manifest(out: str | os.PathLike) -> dict | None:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=1))
 
 
 def _cache_files(out: Path) -> list[Path]:
@@ -134,7 +132,7 @@ def open_for_writing(out: Path, plan: dict, overwrite: bool) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     existing = read_manifest(out)
     if existing is None and any(p for p in out.iterdir() if p not in _cache_files(out)):
-        raise ValueError(f"{out} is not empty and holds no feature cache: choose a new or empty --out")
+        raise ValueError(f"{out} is not empty and holds no feature cache: choose a new or empty --output")
     if existing is not None:
         # a finished cache serves any batch size: the shard size only matters for resuming
         compared = [k for k in plan if not (k == "shard_size" and existing.get("complete"))]
@@ -182,11 +180,8 @@ def _shard_table(records: Sequence[Record], splits: Sequence[str | None], errors
 
 
 def _replace_into(path: Path, write: Callable[[Path], None]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    write(tmp)
-    with open(tmp, "rb") as handle:  # on disk before the rename, so a crash cannot leave a short file
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        write(tmp)
 
 
 @dataclass
@@ -224,8 +219,8 @@ def write_shard(
     }
     manifest["shards"] = sorted([*manifest["shards"], entry], key=lambda s: s["index"])
     failed = [
-        {"id": records[shard.start + i].id, "path": str(records[shard.start + i].path), "reason": reason}
-        for i, reason in sorted(shard.errors.items())
+        {"id": records[shard.start + i].id, "path": str(records[shard.start + i].path), "error": error}
+        for i, error in sorted(shard.errors.items())
     ]
     manifest["errors"] = [e for e in manifest["errors"] if e.get("shard") != shard.index]
     manifest["errors"].extend({**e, "shard": shard.index} for e in failed)
@@ -259,7 +254,7 @@ class FeatureSet:
     Attributes:
         features: (N, D) float16, the backbone's ``encode_image`` output.
         ids, paths: record ids and image paths.
-        splits: (N,) object array of split names (None where the cache was built with ``--split none``).
+        splits: (N,) object array of split names (None where the cache was built with ``--split-kind none``).
         means: (N,) float64 mean scores, NaN where unlabelled.
         votes: (N, 10) int64 vote counts, or None unless every record has them.
         manifest: the cache's manifest.
@@ -277,8 +272,8 @@ class FeatureSet:
         return len(self.ids)
 
     def select(self, split: str) -> FeatureSet:
-        """The records of one split (train, val or test)."""
-        mask = self.splits == split
+        """The records of one part of the split (train, val or test), or all of them."""
+        mask = np.ones(len(self.splits), dtype=bool) if split == "all" else self.splits == split
         keep = np.flatnonzero(mask)
         return FeatureSet(
             self.features[mask],

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..backbones import Backbone
-from ..datasets import Record, load_dataset, split_records
+from ..datasets import Record, load_and_split, load_dataset
 from ..images import iter_batches, resolve_decode
 from ..scorers.base import autocast
 from .cache import (
@@ -88,15 +88,18 @@ def dataset_records(spec: DatasetSpec) -> tuple[list[Record], list[str | None], 
     The description holds the parse summary (records dropped as missing or broken) and the split info (the
     seed used and a digest of each split's ids).
     """
-    parsed = load_dataset(spec.name, spec.root)
+    if spec.split == "none":
+        parsed, splits, info = load_dataset(spec.name, spec.root), None, None
+    else:
+        parsed, splits, info = load_and_split(
+            spec.name, spec.root, spec.split, fractions=spec.fractions, val_fraction=spec.val_fraction,
+            seed=spec.seed,
+        )  # fmt: skip
     if not parsed.records:
         raise ValueError(f"{spec.name} dataset at {spec.root} has no records (is the path right?)")
     described = {**spec.to_dict(), "parse": parsed.report.summary()}
-    if spec.split == "none":
+    if splits is None:
         return parsed.records, [None] * len(parsed.records), {**described, "split_info": None}
-    splits, info = split_records(
-        parsed, spec.split, fractions=spec.fractions, val_fraction=spec.val_fraction, seed=spec.seed
-    )
     name_of = {r.id: name for name, members in splits.items() for r in members}
     return (
         parsed.records,

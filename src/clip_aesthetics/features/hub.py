@@ -57,8 +57,13 @@ class RecordScores:
             self.dist[rows] = output.distribution.numpy()
 
 
+def _error(entry: dict) -> str:
+    """The reason an image failed, from a cache manifest (caches made before the rename say ``reason``)."""
+    return entry.get("error", entry.get("reason", ""))
+
+
 def failure(record: Record, reason: str) -> dict[str, str]:
-    return {"id": record.id, "path": "" if record.path is None else str(record.path), "reason": reason}
+    return {"id": record.id, "path": "" if record.path is None else str(record.path), "error": reason}
 
 
 def encoder_groups(scorers: Sequence[Scorer]) -> list[list[int]]:
@@ -94,7 +99,7 @@ class CachedFeatures:
     def open(cls, path: str | os.PathLike) -> CachedFeatures:
         """Load a complete cache (see :func:`~clip_aesthetics.features.load_features` for the errors)."""
         features = load_features(path)
-        errors = {(e["id"], os.path.abspath(e["path"])): e["reason"] for e in features.manifest["errors"]}
+        errors = {(e["id"], os.path.abspath(e["path"])): _error(e) for e in features.manifest["errors"]}
         rows = {record_id: i for i, record_id in enumerate(features.ids)}
         paths = [None if p is None else os.path.abspath(p) for p in features.paths]  # as relative or absolute
         return cls(Path(path), features.manifest, rows, paths, features.features, errors)

@@ -3,8 +3,8 @@
 A checkpoint holds everything a resumed run needs: model, optimiser and scheduler states, the number of
 finished epochs, the early-stopping state, the metrics history and the random number generator states.
 One written in the middle of an epoch also holds every rank's :class:`EpochProgress`.
-It is written to a temporary file in the same folder and moved over the old one with ``os.replace``, so a
-crash while saving leaves the previous checkpoint intact, never half a file.
+It is written with :func:`~clip_aesthetics.fileio.atomic_write`, so a crash while saving leaves the previous
+checkpoint intact, never half a file.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ class EpochProgress:
 
 
 def save_checkpoint(payload: dict, path: str | os.PathLike) -> Path:
-    """Write ``payload`` with ``torch.save`` atomically (temp file, fsync, ``os.replace``)."""
+    """Write ``payload`` with ``torch.save`` atomically."""
     return atomic_write(
         path, lambda handle: torch.save({**payload, "format": FORMAT_VERSION}, handle), binary=True
     )

@@ -4,12 +4,20 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
+from ..constants import DEFAULT_MODEL, SPLIT_KINDS
+
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("constant", "cosine")
-SPLITS = ("official", "random")
 
 # Options a resumed run may change: they alter how long or where it runs, not what it computes.
 RESUMABLE_FIELDS = ("max_epochs", "workers", "device")
+# Fields whose command-line option has another name (the CLI's shared vocabulary).
+OPTION_NAMES = {"split": "--split-kind", "dataset_kind": "--dataset"}
+
+
+def option_name(field: str) -> str:
+    """The `clip-aesthetics finetune` option that sets a TrainConfig field."""
+    return OPTION_NAMES.get(field, "--" + field.replace("_", "-"))
 
 
 @dataclass
@@ -26,7 +34,7 @@ class TrainConfig:
 
     dataset: str = ""
     dataset_kind: str = "ava"
-    model: str = "ViT-B-32"
+    model: str = DEFAULT_MODEL
     pretrained: str | None = None
     loss: str = "emd"
     optimizer: str = "sgd"
@@ -61,7 +69,7 @@ class TrainConfig:
         checks = [
             (self.optimizer in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)}"),
             (self.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}"),
-            (self.split in SPLITS, f"--split must be one of {', '.join(SPLITS)}"),
+            (self.split in SPLIT_KINDS, f"--split-kind must be one of {', '.join(SPLIT_KINDS)}"),
             (self.loss in ("emd", "mse"), "--loss must be emd or mse"),
             (self.batch_size >= 1 and self.accumulate >= 1, "--batch-size and --accumulate must be >= 1"),
             (self.max_epochs >= 1 and self.patience >= 1, "--max-epochs and --patience must be >= 1"),

@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -19,7 +18,7 @@ from torch.nn import functional as F
 from torch.utils.data import DistributedSampler
 
 from ..backbones import PreprocessConfig
-from ..datasets import Record, SplitInfo, load_dataset, split_records
+from ..datasets import Record, SplitInfo, load_and_split
 from ..images import LoadedBatch, iter_batches
 from .config import TrainConfig
 from .loss import N_BINS
@@ -71,24 +70,24 @@ def load_splits(config: TrainConfig) -> tuple[dict[str, LabelledSplit], SplitInf
     Raises:
         ValueError: the dataset is unlabelled, a split is too small, or EMD is asked for without votes.
     """
-    parsed = load_dataset(config.dataset_kind, Path(config.dataset))
-    if not parsed.labelled:
-        raise ValueError(f"{config.dataset} has no score labels for every image: fine-tuning needs them")
     val, test = config.val_fraction, config.test_fraction
-    splits, info = split_records(
-        parsed,
+    parsed, splits, info = load_and_split(
+        config.dataset_kind,
+        config.dataset,
         config.split,
         fractions=(1.0 - val - test, val, test),
         val_fraction=val,
         seed=config.split_seed,
     )
+    if not parsed.labelled:
+        raise ValueError(f"{config.dataset} has no score labels for every image: fine-tuning needs them")
     out = {
         name: labelled_split([r for r in records if r.path is not None]) for name, records in splits.items()
     }
     if len(out["train"]) < 1 or len(out["val"]) < 2:
         raise ValueError(
             f"split too small: {len(out['train'])} train and {len(out['val'])} validation images "
-            "(need >= 1 and >= 2; change --val-fraction or --split)"
+            "(need >= 1 and >= 2; change --val-fraction or --split-kind)"
         )
     if config.loss == "emd" and not out["train"].has_votes:
         raise ValueError(f"{config.dataset_kind} labels are mean scores without votes: use --loss mse")

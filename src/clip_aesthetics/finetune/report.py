@@ -10,8 +10,9 @@ import csv
 import io
 import json
 import math
-import os
 from pathlib import Path
+
+from ..fileio import atomic_savefig, atomic_write_text
 
 CONFIG_FILE = "config.json"
 METRICS_CSV = "metrics.csv"
@@ -20,13 +21,6 @@ CURVES_PNG = "loss.png"
 RESULTS_FILE = "results.json"
 LAST_CHECKPOINT = "last.pt"
 BEST_SCORER = "best.safetensors"
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path``, then move it into place."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _json_safe(value):
@@ -41,7 +35,7 @@ def _json_safe(value):
 
 def write_json(path: Path, data: dict) -> None:
     """Pretty JSON, NaN written as null."""
-    write_text_atomic(path, json.dumps(_json_safe(data), indent=2) + "\n")
+    atomic_write_text(path, json.dumps(_json_safe(data), indent=2) + "\n")
 
 
 def write_metrics(history: list[dict], run_dir: Path) -> None:
@@ -51,8 +45,8 @@ def write_metrics(history: list[dict], run_dir: Path) -> None:
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     writer.writerows(history)
-    write_text_atomic(run_dir / METRICS_CSV, buffer.getvalue())
-    write_text_atomic(run_dir / METRICS_JSONL, "".join(json.dumps(_json_safe(row)) + "\n" for row in history))
+    atomic_write_text(run_dir / METRICS_CSV, buffer.getvalue())
+    atomic_write_text(run_dir / METRICS_JSONL, "".join(json.dumps(_json_safe(row)) + "\n" for row in history))
 
 
 def plot_curves(history: list[dict], path: Path, metric: str) -> None:
@@ -80,7 +74,5 @@ def plot_curves(history: list[dict], path: Path, metric: str) -> None:
     more = right.get_legend_handles_labels()
     ax.legend(lines[0] + more[0], lines[1] + more[1], loc="best")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
-    fig.savefig(tmp)
+    atomic_savefig(fig, path)
     plt.close(fig)
-    os.replace(tmp, path)

@@ -12,7 +12,7 @@ import torch
 from . import distributed as dist
 from . import report
 from .checkpoint import load_checkpoint
-from .config import RESUMABLE_FIELDS, TrainConfig
+from .config import RESUMABLE_FIELDS, TrainConfig, option_name
 from .train import FinetuneResult, Trainer, _log_nothing
 
 
@@ -42,9 +42,9 @@ def resume_config(run_dir: str | os.PathLike, **given) -> TrainConfig:
         if key in RESUMABLE_FIELDS:
             data[key] = value
         elif not _same_option(key, original.get(key), value):
-            differing.append(f"--{key.replace('_', '-')} {value!r} (the run has {original.get(key)!r})")
+            differing.append(f"{option_name(key)} {value!r} (the run has {original.get(key)!r})")
     if differing:
-        allowed = ", ".join("--" + k.replace("_", "-") for k in RESUMABLE_FIELDS)
+        allowed = ", ".join(option_name(k) for k in RESUMABLE_FIELDS)
         raise ValueError(
             f"{'; '.join(differing)}: fixed by the run being resumed (only {allowed} may change)"
         )
@@ -75,7 +75,9 @@ def _prepare_dir(run_dir: Path, resume: bool, is_main: bool) -> None:
     if resume and not started and not (run_dir / report.LAST_CHECKPOINT).is_file():
         error = f"no checkpoint to resume from: {run_dir / report.LAST_CHECKPOINT}"
     elif not resume and is_main and (run_dir / report.LAST_CHECKPOINT).exists():
-        error = f"{run_dir} already holds a run: continue it with --resume {run_dir}, or pick another --out"
+        error = (
+            f"{run_dir} already holds a run: continue it with --resume {run_dir}, or choose another --output"
+        )
     errors = [e for e in dist.all_gather_objects(error) if e]
     if errors:
         raise (FileNotFoundError if errors[0].startswith("no checkpoint") else ValueError)(errors[0])

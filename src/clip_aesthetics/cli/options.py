@@ -1,0 +1,54 @@
+"""The options every command shares, declared once so that one name always means one thing.
+
+The vocabulary (README, "Options"): the dataset root is the first argument; ``--dataset/-d`` its format;
+``--split-kind`` official or random; ``--split`` the part (train, val, test, all); ``--split-seed``;
+``--output/-o`` the command's main output; ``--model/-m``, ``--pretrained``, ``--scorer``; and
+``--batch-size``, ``--workers``, ``--device``, ``--precision``, ``--decode`` for the image pipeline.
+A command passes its own default (``dataset: Dataset = "ava"``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..constants import ALL_DATASETS, EVAL_DATASETS, SPLIT_KINDS, SPLITS
+
+DatasetRoot = Annotated[Path, typer.Argument(help="Dataset folder (for --dataset csv: the CSV file).")]
+Dataset = Annotated[str, typer.Option("--dataset", "-d", help=f"Format: {', '.join(EVAL_DATASETS)}.")]
+AnyDataset = Annotated[str, typer.Option("--dataset", "-d", help=f"Format: {', '.join(ALL_DATASETS)}.")]
+Split = Annotated[str, typer.Option("--split", help=f"Part of the split: {', '.join(SPLITS)} (all records).")]
+SplitKind = Annotated[
+    str,
+    typer.Option(
+        "--split-kind", help=f"{' or '.join(SPLIT_KINDS)}: the dataset's own split, or a seeded 80/10/10 one."
+    ),
+]
+SplitSeed = Annotated[
+    int | None, typer.Option("--split-seed", help="Seed of a random split or of the val carve-out.")
+]
+Model = Annotated[
+    str | None, typer.Option("--model", "-m", help="Backbone: ViT-B-32, RN50, timm:NAME, local-dir:PATH, ...")
+]
+Pretrained = Annotated[
+    str | None, typer.Option("--pretrained", help="Weights: a tag (default openai), a file, or 'none'.")
+]
+BatchSize = Annotated[int, typer.Option("--batch-size", min=1, help="Images per model call.")]
+Workers = Annotated[
+    int | None, typer.Option("--workers", min=0, help="Decoding processes (default: depends on the device).")
+]
+Device = Annotated[str, typer.Option("--device", help="auto (CUDA if present), cpu, cuda, cuda:1, ...")]
+Precision = Annotated[
+    str, typer.Option("--precision", help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16, fp16.")
+]
+# score and embed: bf16 also on CPUs that compute it natively (AVX512-BF16, AMX).
+CpuBf16Precision = Annotated[
+    str,
+    typer.Option(
+        "--precision", help="auto (bf16 on CUDA and on CPUs with native bf16, else fp32), fp32, bf16, fp16."
+    ),
+]
+Decode = Annotated[str, typer.Option("--decode", help="JPEG decoding: auto (nvJPEG on CUDA), cpu, gpu.")]
+MaxPixels = Annotated[int, typer.Option("--max-pixels", min=1, help="Larger images count as unreadable.")]
