@@ -101,7 +101,7 @@ def test_non_utf8_names_in_feature_cache(odd_names, tmp_path: Path, tiny_clip_sp
     folder, paths = odd_names
     cache = tmp_path / "cache"
     result = run(
-        "embed", folder, "--dataset", "folder", "--split", "none", "--model", tiny_clip_spec, "-o", cache
+        "embed", folder, "--dataset", "folder", "--split-kind", "none", "--model", tiny_clip_spec, "-o", cache
     )
     assert result.exit_code == 0, result.output
     features = load_features(cache)
@@ -282,7 +282,7 @@ def test_embed_auto_precision_recorded(
         photo_dir,
         "--dataset",
         "folder",
-        "--split",
+        "--split-kind",
         "none",
         "--model",
         tiny_clip_spec,

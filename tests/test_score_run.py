@@ -16,7 +16,6 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import clip_aesthetics.cli.score as cli_score
 from clip_aesthetics import scoring
 from clip_aesthetics.backbones import load_backbone
 from clip_aesthetics.cli import app
@@ -72,7 +71,7 @@ def test_ranked_rows_match_open_clip(many_photos: Path, tmp_path: Path, tiny_cli
 
 def _failing_after(n_batches: int):
     """iter_scored that dies (like a kill) after ``n_batches`` batches."""
-    real = cli_score.iter_scored
+    real = scoring.iter_scored
 
     def wrapped(scorer, sources, **options):
         for i, batch in enumerate(real(scorer, sources, **options)):
@@ -89,7 +88,8 @@ def test_injected_failure_then_rerun_gives_identical_rows(
     expected = uninterrupted(many_photos, tiny_clip_spec, tmp_path)
     out = tmp_path / "ranked.csv"
     out.write_text("previous results\n")
-    monkeypatch.setattr(cli_score, "iter_scored", _failing_after(5))
+    real = scoring.iter_scored
+    monkeypatch.setattr(scoring, "iter_scored", _failing_after(5))
     result = run(*score_args(many_photos, tiny_clip_spec, out))
     assert result.exit_code != 0
     parts = parts_folder_for(out)
@@ -103,9 +103,9 @@ def test_injected_failure_then_rerun_gives_identical_rows(
 
     def counting(scorer, sources, **options):
         counted.append(len(sources))
-        yield from scoring.iter_scored(scorer, sources, **options)
+        yield from real(scorer, sources, **options)
 
-    monkeypatch.setattr(cli_score, "iter_scored", counting)
+    monkeypatch.setattr(scoring, "iter_scored", counting)
     result = run(*score_args(many_photos, tiny_clip_spec, out))
     assert result.exit_code == 0, result.output
     assert counted == [15 - 8]  # only the missing parts were scored again
@@ -155,13 +155,13 @@ def test_sigint_keeps_parts_and_exits_130(many_photos: Path, tmp_path: Path, tin
 
 SLOW_SCORE = """
 import sys, time
-import clip_aesthetics.cli.score as cli_score
-real = cli_score.iter_scored
+import clip_aesthetics.scoring as scoring
+real = scoring.iter_scored
 def slow(*args, **kwargs):
     for batch in real(*args, **kwargs):
         yield batch
         time.sleep(0.4)
-cli_score.iter_scored = slow
+scoring.iter_scored = slow  # the CLI imports it from clip_aesthetics.scoring when a run starts
 from clip_aesthetics.cli import app
 app(sys.argv[1:], prog_name="clip-aesthetics")
 """
@@ -189,7 +189,7 @@ def test_other_settings_refused_then_overwrite_starts_over(
     many_photos: Path, tmp_path: Path, tiny_clip_spec: str, monkeypatch
 ) -> None:
     out = tmp_path / "ranked.csv"
-    monkeypatch.setattr(cli_score, "iter_scored", _failing_after(3))
+    monkeypatch.setattr(scoring, "iter_scored", _failing_after(3))
     assert run(*score_args(many_photos, tiny_clip_spec, out)).exit_code != 0
     monkeypatch.undo()
     parts = parts_folder_for(out)
