@@ -271,7 +271,7 @@ def test_html_only_run_keeps_parts_beside_the_report(
 ) -> None:
     page = tmp_path / "report.html"
     args = ["score", many_photos, "--model", tiny_clip_spec, *PROMPT_ARGS, *PIPELINE, "--html", page]
-    monkeypatch.setattr(cli_score, "iter_scored", _failing_after(3))
+    monkeypatch.setattr(scoring, "iter_scored", _failing_after(3))
     assert run(*args).exit_code != 0
     assert list(parts_folder_for(page).glob("part-*.parquet")) and not page.exists()
     monkeypatch.undo()
