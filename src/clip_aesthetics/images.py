@@ -149,6 +149,38 @@ def prepare(image: Image.Image, cfg: PreprocessConfig) -> torch.Tensor:
     return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).contiguous()
 
 
+def load_prepared(
+    source: ImageSource,
+    cfg: PreprocessConfig,
+    max_pixels: int,
+    draft_size: int | None,
+    analyse: Callable[[ImageSource, Image.Image], object] | None = None,
+) -> tuple[torch.Tensor | tuple | None, str | None]:
+    """Decode and prepare one image: ``(uint8 tensor, None)`` or ``(None, one-line reason)``; never raises.
+
+    With ``analyse``, the first item is ``(uint8 tensor, analyse(source, image))``: the analysis sees the
+    whole (drafted) image, before the crop.
+    """
+    try:
+        image = open_image(source, max_pixels, draft_size)
+        prepared = prepare(image, cfg)
+        return (prepared if analyse is None else (prepared, analyse(source, image))), None
+    except ImageLoadError as exc:
+        return None, str(exc)
+    except Exception as exc:  # a decoder bug must not stop the batch either
+        return None, f"unreadable: {type(exc).__name__}: {exc}"
+
+
+def draft_size_for(cfg: PreprocessConfig, draft: bool | int) -> int | None:
+    """The smallest side a JPEG may be decoded at: ``draft=True`` or a floor in pixels; None for no draft.
+
+    Twice the resize target: DCT scaling then a bicubic resize from >= 2x stays close to full decoding. An
+    integer ``draft`` raises that floor (an analysis may need more pixels than the model).
+    """
+    floor = 0 if isinstance(draft, bool) else draft
+    return max(2 * cfg.resize_size, floor) if draft else None
+
+
 @dataclass
 class LoadedBatch:
     """Decoded images of one batch; ``indices`` say which inputs they are, ``errors`` which failed.
@@ -182,9 +214,7 @@ class _ImageDataset(Dataset):
         analyse: Callable[[ImageSource, Image.Image], object] | None = None,
     ):
         self.sources, self.cfg, self.max_pixels, self.analyse = sources, cfg, max_pixels, analyse
-        # twice the resize target: DCT scaling then a bicubic resize from >= 2x stays close to full decoding
-        floor = 0 if isinstance(draft, bool) else draft  # an analysis may need more pixels than the model
-        self.draft_size = max(2 * cfg.resize_size, floor) if draft else None
+        self.draft_size = draft_size_for(cfg, draft)
         self.device_decode = device_decode
 
     def __len__(self) -> int:
@@ -196,15 +226,8 @@ class _ImageDataset(Dataset):
             encoded = self._encoded_jpeg(source)
             if encoded is not None:
                 return index, None, None, *encoded
-        try:
-            image = open_image(source, self.max_pixels, self.draft_size)
-            if self.analyse is not None:  # before the crop: the analysis sees the whole (drafted) image
-                return index, (prepare(image, self.cfg), self.analyse(source, image)), None, None, 1
-            return index, prepare(image, self.cfg), None, None, 1
-        except ImageLoadError as exc:
-            return index, None, str(exc), None, 1
-        except Exception as exc:  # a decoder bug must not stop the batch either
-            return index, None, f"unreadable: {type(exc).__name__}: {exc}", None, 1
+        item, error = load_prepared(source, self.cfg, self.max_pixels, self.draft_size, self.analyse)
+        return index, item, error, None, 1
 
     def _encoded_jpeg(self, source: ImageSource) -> tuple[torch.Tensor, int] | None:
         """The bytes of a JPEG the device can decode, with its orientation; None sends it to the CPU path."""

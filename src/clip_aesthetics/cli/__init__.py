@@ -1,6 +1,6 @@
 """Command-line interface: thin commands over the library."""
 
-from . import cull, datasets, embed, evaluate, finetune, models, prompts, reproduce, score  # noqa: F401  (registers the commands)
+from . import cull, datasets, embed, evaluate, finetune, models, prompts, reproduce, score, shards  # noqa: F401  (registers the commands)
 from .app import app
 
 

@@ -17,6 +17,7 @@ from .options import CpuBf16Precision
 if TYPE_CHECKING:  # the library is imported inside the commands, so that --help is instant
     from ..prompts import PromptGroups
     from ..stored_embeddings import StoredEmbeddings
+from .shards import score_shards_command, wants_shard_mode
 
 
 def prompt_groups(
@@ -81,7 +82,11 @@ def interruptible(command):
 @interruptible
 @user_errors
 def score(
-    paths: list[Path] = typer.Argument(None, help="Image files or folders (walked recursively)."),
+    paths: list[str] = typer.Argument(
+        None,
+        help="Image files or folders (walked recursively); or shards: .tar / .parquet files, brace patterns "
+        "(shards/{00000..00099}.tar), fsspec URLs (s3://, gs://, https://, hf://).",
+    ),
     model: str = typer.Option(
         None, "--model", "-m", help="Backbone: ViT-B-32, hf-hub:org/repo, local-dir:PATH."
     ),
@@ -101,15 +106,19 @@ def score(
         help="Class names of the default prompts: imagenet (the authors' list, default), imagenet-curated "
         "(open_clip's), a file, or a,b.",
     ),
-    output: Path = typer.Option(None, "--output", "-o", help="Ranked results: .csv, .jsonl or .parquet."),
+    output: str = typer.Option(
+        None, "--output", "-o", help="Ranked results: .csv, .jsonl or .parquet; a FOLDER/ for shard inputs."
+    ),
     embeddings: bool = typer.Option(
-        False, "--embeddings", help="Also keep each image's embedding: OUTPUT-STEM.embeddings.parquet."
+        False,
+        "--embeddings",
+        help="Also keep each image's embedding: OUTPUT-STEM.embeddings.parquet (shards: a float16 column).",
     ),
     from_embeddings: Path = typer.Option(
         None, "--from-embeddings", help="Score a --embeddings file instead of images (no image is read)."
     ),
     overwrite: bool = typer.Option(
-        False, "--overwrite", help="Start over, discarding the parts of an unfinished run."
+        False, "--overwrite", help="Start over, discarding the parts of an unfinished run (shards: rescore)."
     ),
     batch_size: int = typer.Option(64, min=1, help="Images per model call."),
     part_size: int = typer.Option(
@@ -127,6 +136,17 @@ def score(
     html_limit: int = typer.Option(
         DEFAULT_MAX_THUMBNAILS, min=0, help="Embed thumbnails for at most this many best images."
     ),
+    engine: str = typer.Option("local", help="Shards: local (worker processes) or ray (Ray Data)."),
+    ray_address: str = typer.Option(None, help="Shards, ray: cluster address (auto, ray://host:10001)."),
+    actors: int = typer.Option(1, min=1, help="Shards, ray: scorer actors (one model copy each)."),
+    gpus_per_actor: float = typer.Option(0.0, min=0.0, help="Shards, ray: GPUs per scorer actor."),
+    cpus_per_actor: float = typer.Option(1.0, min=0.0, help="Shards, ray: CPUs per scorer actor."),
+    image_column: str = typer.Option(
+        None, help="Shards, Parquet: the image-bytes column (default: jpg, ...)."
+    ),
+    key_column: str = typer.Option(
+        None, help="Shards, Parquet: the key column (default: key, else row number)."
+    ),
 ) -> None:
     """Score and rank photos by aesthetic quality (zero-shot by default: 'outstanding' vs 'horrible').
 
@@ -139,7 +159,21 @@ def score(
 
     groups = prompt_groups(positive, negative, prompts, contents)
     check_scorer_file_options(scorer_file, model, pretrained, groups)
-    outputs = Outputs(output, html, embeddings)
+    if wants_shard_mode(paths or [], output):
+        from ..shards.options import EngineOptions, ScorerRecipe
+
+        if html is not None or from_embeddings is not None:
+            raise ValueError("--html and --from-embeddings are for single-file runs, not a score folder")
+        recipe = ScorerRecipe(scorer_file or "zeroshot", model, pretrained, groups)
+        precision_name = str(getattr(precision, "value", precision))  # the option may be an enum
+        options = EngineOptions(
+            engine=engine, batch_size=batch_size, workers=workers, precision=precision_name, device=device,
+            max_pixels=max_pixels, embeddings=embeddings, image_column=image_column, key_column=key_column,
+            ray_address=ray_address, actors=actors, gpus_per_actor=gpus_per_actor,
+            cpus_per_actor=cpus_per_actor,
+        )  # fmt: skip
+        return score_shards_command(paths or [], output, recipe, options, overwrite)
+    outputs = Outputs(None if output is None else Path(output), html, embeddings)
     outputs.validate()  # before any model or image is loaded
     part_rows = part_size or default_part_rows(batch_size)
     if part_rows % batch_size:

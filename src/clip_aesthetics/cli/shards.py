@@ -1,0 +1,74 @@
+"""Shard mode of `clip-aesthetics score` (WebDataset / Parquet shards -> a score folder) and `filter`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+
+from .app import EXIT_NOTHING_DONE, app, console, err_console, fail, user_errors
+
+
+def is_folder_output(output: str | None) -> bool:
+    """``--output scores/`` (a trailing slash, an existing folder, a URL ending in /): a score folder."""
+    return output is not None and (output.endswith(("/", os.sep)) or Path(output).is_dir())
+
+
+def wants_shard_mode(paths: list[str], output: str | None) -> bool:
+    """Shard inputs (.tar, .parquet, brace patterns, URLs) or a folder output switch `score` to shards."""
+    from ..shards.readers import is_shard_input
+
+    return is_folder_output(output) or any(is_shard_input(p) for p in paths)
+
+
+def score_shards_command(paths: list[str], output: str | None, recipe, options, overwrite: bool) -> None:
+    """Run shard scoring for `score` and print its summary; exit 1 when shards failed or nothing was read."""
+    from ..shards import score_shards
+    from ..shards.readers import is_shard_input
+
+    if output is None or not is_folder_output(output):
+        raise ValueError("shard inputs are scored into a folder: give --output FOLDER/ (with a trailing /)")
+    others = [p for p in paths if not is_shard_input(p)]
+    if others:
+        raise ValueError(f"a score folder takes shards (.tar, .parquet, URLs), not {others[0]}")
+    report = score_shards(paths, output, recipe, options, overwrite=overwrite)
+    for failure in report.failed:
+        err_console.print(
+            f"[yellow]failed shard[/yellow] {failure['shard']}: {failure['error']}", highlight=False
+        )
+    manifest = report.manifest
+    console.print(
+        f"shards: {len(report.written)} written, {report.skipped} already done, {len(report.failed)} failed; "
+        f"samples: {manifest['scored']} scored, {manifest['unreadable']} unreadable; "
+        f"{report.seconds:.1f} s, {report.images_per_second:.1f} images/s this run; "
+        f"wrote {report.manifest_path}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    if report.failed:
+        raise fail(f"{len(report.failed)} shards could not be read; rerun to retry them", EXIT_NOTHING_DONE)
+    if manifest["samples"] and not manifest["scored"]:
+        raise fail(f"none of the {manifest['samples']} samples could be read", EXIT_NOTHING_DONE)
+
+
+@app.command("filter")
+@user_errors
+def filter_command(
+    scores: str = typer.Argument(..., help="A score folder written by `score ... --output DIR/`."),
+    output: str = typer.Option(
+        ..., "--output", "-o", help="Selected keys: .parquet, .csv, .txt; or a FOLDER/ for new shards."
+    ),
+    min_score: float = typer.Option(None, help="Keep samples scoring at least this."),
+    top_percent: float = typer.Option(None, min=0.0, max=100.0, help="Keep the best X percent."),
+) -> None:
+    """Select the best samples of a score folder: their keys, or new shards holding only them."""
+    from ..shards.filter import filter_scores
+
+    result = filter_scores(scores, output, min_score=min_score, top_percent=top_percent)
+    console.print(
+        f"kept {result.kept} of {result.scored} scored samples (score >= {result.threshold:.4f}); "
+        f"wrote {result.output}",
+        highlight=False,
+        soft_wrap=True,
+    )

@@ -1,0 +1,46 @@
+"""What a shard run is asked to do; light to import (the CLI builds these before loading any model)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..prompts import PromptGroups
+
+
+@dataclass(frozen=True)
+class ScorerRecipe:
+    """How to build the scorer, picklable so that Ray actors can build their own copy."""
+
+    source: str = "zeroshot"
+    model: str | None = None
+    pretrained: str | None = None
+    prompts: PromptGroups | None = None
+
+    def build(self, device: str | None = None):
+        from ..scoring import build_scorer
+
+        return build_scorer(
+            self.source, model=self.model, pretrained=self.pretrained, prompts=self.prompts, device=device
+        )
+
+
+@dataclass
+class EngineOptions:
+    """What the engines need besides the scorer; the Ray fields are ignored by the local engine."""
+
+    engine: str = "local"
+    batch_size: int = 64
+    workers: int | None = None
+    precision: str = "auto"
+    device: str = "auto"
+    max_pixels: int | None = None  # None: the image pipeline's default guard
+    draft: bool = True
+    embeddings: bool = False
+    image_column: str | None = None
+    key_column: str | None = None
+    ray_address: str | None = None
+    actors: int = 1
+    gpus_per_actor: float = 0.0
+    cpus_per_actor: float = 1.0
