@@ -34,6 +34,7 @@ from shard_data import ShardSet, make_shards, write_tar
 from test_zeroshot import GROUPS, reference_scores
 
 PROMPT_ARGS = [f"--positive={t}" for t in GROUPS.positive] + [f"--negative={t}" for t in GROUPS.negative]
+PROMPT_ARGS += ["--precision", "fp32"]  # compared with open_clip in fp32 (auto may pick bf16 on this CPU)
 
 
 def run(*args: str):
@@ -156,7 +157,7 @@ def stats(out: Path) -> dict[str, tuple[int, int]]:
 def test_resume_skips_finished_shards(shard_set: ShardSet, tiny_clip_spec: str, tmp_path: Path) -> None:
     out = tmp_path / "scores"
     scorer = ZeroShotScorer(load_backbone(tiny_clip_spec, device="cpu"), GROUPS)
-    options = EngineOptions(workers=0, batch_size=2)
+    options = EngineOptions(workers=0, batch_size=2, precision="fp32")
     score_shards(shard_set.inputs, str(out), scorer, options, progress=False)
     before, first = stats(out), read_folder(out)
     # a killed run: two shards never written, one torn (not by us: our writes are atomic), a stale temp file
@@ -200,7 +201,12 @@ def test_another_scorer_is_refused_not_mixed(
 def test_embeddings_column(shard_set: ShardSet, tiny_clip_spec: str, tmp_path: Path) -> None:
     out = tmp_path / "scores"
     scorer = ZeroShotScorer(load_backbone(tiny_clip_spec, device="cpu"), GROUPS)
-    score_shards([str(shard_set.tars[0])], str(out), scorer, EngineOptions(workers=0, embeddings=True))
+    score_shards(
+        [str(shard_set.tars[0])],
+        str(out),
+        scorer,
+        EngineOptions(workers=0, embeddings=True, precision="fp32"),
+    )
     table = pq.read_table(out / "00000.parquet")
     embedding_type = table.schema.field("embedding").type
     assert embedding_type.list_size == 32 and str(embedding_type.value_type) == "halffloat"
@@ -228,7 +234,7 @@ def test_distribution_head_writes_pred_columns(
     head = ProbeHead(torch.zeros(dim), torch.ones(dim), torch.randn(10, dim), torch.randn(10), "distribution")
     scorer = ProbeScorer(backbone, head)
     out = tmp_path / "scores"
-    score_shards([str(shard_set.tars[1])], str(out), scorer, EngineOptions(workers=0))
+    score_shards([str(shard_set.tars[1])], str(out), scorer, EngineOptions(workers=0, precision="fp32"))
     table = pq.read_table(out / "00001.parquet")
     assert table.column_names[5:15] == [f"pred_{k}" for k in range(1, 11)]
     model, _, preprocess = open_clip.create_model_and_transforms(tiny_clip_spec)
@@ -307,7 +313,9 @@ def test_killed_run_resumes(shard_set: ShardSet, tiny_clip_spec: str, tmp_path: 
 def scored(shard_set: ShardSet, tiny_clip_spec: str, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("scored") / "scores"
     scorer = ZeroShotScorer(load_backbone(tiny_clip_spec, device="cpu"), GROUPS)
-    score_shards(shard_set.inputs, str(out), scorer, EngineOptions(workers=0), progress=False)
+    score_shards(
+        shard_set.inputs, str(out), scorer, EngineOptions(workers=0, precision="fp32"), progress=False
+    )
     return out
 
 

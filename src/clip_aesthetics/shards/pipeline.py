@@ -17,7 +17,7 @@ import torch
 
 from ..backbones import PreprocessConfig
 from ..images import load_prepared
-from ..scorers.base import Scorer, autocast
+from ..scorers.base import Scorer, autocast, resolve_precision
 from ..scoring import NON_FINITE
 from .readers import Shard, ShardReadError, iter_shard
 from .writer import ShardResult
@@ -80,7 +80,9 @@ class BatchScorer:
                 "--embeddings needs a scorer on frozen features (zeroshot, probe, laion), "
                 f"not {scorer.method}"
             )
-        self.scorer, self.precision, self.embeddings = scorer, precision, embeddings
+        # auto: bf16 on CUDA and on CPUs with native bf16, as `score` on files does
+        self.precision = resolve_precision(scorer.device, precision, cpu_bf16=True)
+        self.scorer, self.embeddings = scorer, embeddings
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         ok = np.asarray(batch["ok"], dtype=bool)
