@@ -360,3 +360,28 @@ def test_filter_usage_errors(scored: Path, tmp_path: Path) -> None:
     assert both.exit_code == 2 and "exactly one" in both.output
     empty = run("filter", str(tmp_path), "--min-score", "5", "-o", str(tmp_path / "k.txt"))
     assert empty.exit_code == 2 and "no score files" in empty.output
+
+
+def test_fsspec_urls_in_and_out(shard_set: ShardSet, expected: dict, tiny_clip_spec: str) -> None:
+    """Shards behind an fsspec URL (a glob of memory:// objects), scores written back to an fsspec folder."""
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    for tar in shard_set.tars:
+        fs.pipe_file(f"/bucket/in/{tar.name}", tar.read_bytes())
+    fs.pipe_file("/bucket/in/data.parquet", shard_set.parquet.read_bytes())
+    scorer = ZeroShotScorer(load_backbone(tiny_clip_spec, device="cpu"), GROUPS)
+    options = EngineOptions(workers=0, precision="fp32")
+    inputs = ["memory://bucket/in/*.tar", "memory://bucket/in/data.parquet"]
+    report = score_shards(inputs, "memory://bucket/scores/", scorer, options, progress=False)
+    assert report.manifest["samples"] == sum(map(len, shard_set.keys.values()))
+    rows = {}
+    for name in shard_set.keys:
+        with fs.open(f"/bucket/scores/{name}.parquet", "rb") as handle:
+            rows[name] = pq.read_table(handle).to_pylist()
+    assert_scores_match(rows, shard_set, expected)
+    source = rows["00001"][0]["shard"]  # as fsspec names what the glob found
+    assert source.startswith("memory://") and source.endswith("/bucket/in/00001.tar")
+    again = score_shards(inputs, "memory://bucket/scores/", scorer, options, progress=False)
+    assert again.skipped == 4 and not again.written
+    fs.rm("/bucket", recursive=True)
