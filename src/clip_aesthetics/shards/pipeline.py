@@ -17,7 +17,7 @@ import torch
 
 from ..backbones import PreprocessConfig
 from ..images import load_prepared
-from ..scorers.base import Scorer, autocast, resolve_precision
+from ..scorers.base import Scorer, resolve_precision
 from ..scoring import NON_FINITE
 from .readers import Shard, ShardReadError, iter_shard
 from .writer import ShardResult
@@ -75,7 +75,7 @@ class BatchScorer:
     """Scores the decoded rows of a batch; keeps the bookkeeping columns, drops the pixels."""
 
     def __init__(self, scorer: Scorer, precision: str = "auto", embeddings: bool = False):
-        if embeddings and not hasattr(scorer, "score_features"):
+        if embeddings and not scorer.scores_features:
             raise ValueError(
                 "--embeddings needs a scorer on frozen features (zeroshot, probe, laion), "
                 f"not {scorer.method}"
@@ -114,13 +114,8 @@ class BatchScorer:
     def _score(self, images: torch.Tensor):
         if not self.embeddings:
             return self.scorer.score_images(images, self.precision), None
-        with torch.inference_mode(), autocast(self.scorer.device, self.precision):
-            features = self.scorer.backbone.encode_image(self.scorer.backbone.normalize(images))
-            output = self.scorer.score_features(features)
-        cpu = [
-            None if t is None else t.float().cpu() for t in (output.score, output.distribution, output.raw)
-        ]
-        return type(output)(*cpu), features.float().cpu().to(torch.float16)
+        features = self.scorer.encode_images(images, self.precision)  # one encoder pass for both
+        return self.scorer.score_features(features).to_cpu(), features.float().cpu().to(torch.float16)
 
 
 class ShardAssembler:
