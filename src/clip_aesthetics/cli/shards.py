@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from .app import EXIT_NOTHING_DONE, app, console, err_console, fail, user_errors
+from .app import EXIT_NOTHING_DONE, app, console, fail, user_errors, warn
 
 
 def is_folder_output(output: str | None) -> bool:
@@ -34,9 +34,7 @@ def score_shards_command(paths: list[str], output: str | None, recipe, options, 
         raise ValueError(f"a score folder takes shards (.tar, .parquet, URLs), not {others[0]}")
     report = score_shards(paths, output, recipe, options, overwrite=overwrite)
     for failure in report.failed:
-        err_console.print(
-            f"[yellow]failed shard[/yellow] {failure['shard']}: {failure['error']}", highlight=False
-        )
+        warn("failed shard", f"{failure['shard']}: {failure['error']}")
     manifest = report.manifest
     console.print(
         f"shards: {len(report.written)} written, {report.skipped} already done, {len(report.failed)} failed; "
