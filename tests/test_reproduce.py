@@ -134,7 +134,7 @@ def test_numbers_equal_the_individual_evaluate_command(study: Path, index: int) 
         return
     # zero-shot: the authors' PLCC, on the raw similarity difference; evaluate's is the 1-10 score's
     rows = list(csv.DictReader(predictions.open()))
-    raw, true = ([float(r[k]) for r in rows] for k in ("pred_raw", "true_mean"))
+    raw, true = ([float(r[k]) for r in rows] for k in ("raw", "true_mean"))
     assert row["plcc"] == pytest.approx(stats.pearsonr(raw, true).statistic, abs=1e-6)
     assert row["plcc_score"] == pytest.approx(metrics["plcc"], abs=1e-6)
 
