@@ -57,6 +57,7 @@ def test_markup_in_file_names_scored_and_written_unaltered(tmp_path: Path, tiny_
     assert sorted(Path(r["path"]).name for r in read_csv(out)) == ["[bold]y.jpg", "[red]x.jpg", "plain.jpg"]
     errors = read_csv(tmp_path / "ranked.errors.csv")
     assert [e["path"] for e in errors] == [str(folder / "empty[/bold].jpg")]
+    assert f"skipped {folder / 'empty[/bold].jpg'}: " in result.output  # printed as it is, on one line
 
 
 def test_error_handler_prints_markup_as_text(tmp_path: Path, tiny_clip_spec: str) -> None:
@@ -292,3 +293,22 @@ def test_embed_auto_precision_recorded(
     result = run(*args, "--workers", "0")
     assert result.exit_code == 0, result.output
     assert json.loads((cache / "manifest.json").read_text())["feature"]["precision"] == "bf16"
+
+
+def test_evaluate_with_markup_in_names(tmp_path: Path, tiny_clip_spec: str) -> None:
+    folder = tmp_path / "set"
+    (folder / "empty[").mkdir(parents=True)
+    names = [f"[red]x{i}.jpg" if i % 2 else f"[bold]y{i}.jpg" for i in range(6)]
+    for i, name in enumerate(names):
+        photo(i).save(folder / name)
+    (folder / "empty[" / "bold].jpg").write_bytes(b"")  # unreadable: listed with its odd name
+    rows = [f"{n},{3 + i % 5},test" for i, n in enumerate([*names, "empty[/bold].jpg"])]
+    (folder / "labels.csv").write_text("path,score,split\n" + "\n".join(rows) + "\n")
+    metrics, preds = tmp_path / "m.json", tmp_path / "p.csv"
+    result = run(
+        "evaluate", folder / "labels.csv", "--dataset", "csv", "--model", tiny_clip_spec, *PROMPT_ARGS,
+        "--workers", "0", "--output", metrics, "--predictions", preds,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert sorted(Path(r["path"]).name for r in read_csv(preds)) == sorted(names)
+    assert json.loads(metrics.read_text())["n_scored"] == 6

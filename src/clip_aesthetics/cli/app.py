@@ -46,7 +46,7 @@ def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
 
 def warn(label: str, message: str) -> None:
     """Print ``label message`` on stderr, the label in yellow, the message as plain text."""
-    err_console.print(Text.assemble((label, "yellow"), " ", text_name(message)))
+    err_console.print(Text.assemble((label, "yellow"), " ", text_name(message)), soft_wrap=True)
 
 
 def user_errors(command: Callable) -> Callable:
