@@ -22,7 +22,7 @@ import torch
 from .fileio import atomic_path, atomic_write, text_name
 from .images import DEFAULT_MAX_PIXELS, ImageSource, iter_batches
 from .prompts import PromptGroups
-from .scorers.base import ScoreOutput, Scorer, autocast, resolve_precision
+from .scorers.base import ScoreOutput, Scorer, resolve_precision
 
 OUTPUT_FORMATS = (".csv", ".jsonl", ".parquet")
 NON_FINITE = "non-finite score"  # the reason given for an image whose score is NaN or infinite
@@ -76,14 +76,13 @@ def check_embeddings_supported(scorer: Scorer) -> None:
 def score_with_features(
     scorer: Scorer, images: torch.Tensor, precision: str
 ) -> tuple[ScoreOutput, np.ndarray]:
-    """Scores and image embeddings of a uint8 batch in one pass (the scores equal ``score_images``'s)."""
-    with autocast(scorer.device, precision):
-        features = scorer.backbone.encode_image(scorer.backbone.normalize(images))
-        output = scorer.score_features(features)
-    cpu = ScoreOutput(
-        *(None if t is None else t.float().cpu() for t in (output.score, output.distribution, output.raw))
-    )
-    return cpu, features.float().cpu().numpy()
+    """Scores and image embeddings of a uint8 batch in one pass (the scores equal ``score_images``'s).
+
+    The encoder splits a batch that does not fit GPU memory (:meth:`Scorer.encode_images`); the head runs
+    in float32 on the features (:meth:`Scorer.score_features`), as ``score_images`` does.
+    """
+    features = scorer.encode_images(images, precision)
+    return scorer.score_features(features).to_cpu(), features.float().cpu().numpy()
 
 
 def finite_mask(output: ScoreOutput) -> np.ndarray:

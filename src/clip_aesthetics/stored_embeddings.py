@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import torch
 
 from .fileio import file_digest, name_from_text, text_name
-from .scorers.base import ScoreOutput, Scorer
+from .scorers.base import Scorer
 from .scoring import ScoredBatch, check_embeddings_supported, split_non_finite
 
 EMBEDDINGS_FORMAT = "clip-aesthetics-embeddings"
@@ -104,8 +104,5 @@ class StoredEmbeddings:
         scorer: Scorer, rows: list[tuple[int, np.ndarray]], position_of: dict[int, int]
     ) -> ScoredBatch:
         features = torch.from_numpy(np.stack([f for _, f in rows]).astype(np.float32))
-        output = scorer.score_features(features.to(scorer.device))
-        output = ScoreOutput(
-            *(None if t is None else t.float().cpu() for t in (output.score, output.distribution, output.raw))
-        )
+        output = scorer.score_features(features).to_cpu()
         return split_non_finite(ScoredBatch([position_of[p] for p, _ in rows], output, None, []))
