@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from clip_aesthetics.cli import app
 from clip_aesthetics.datasets import make_synthetic_ava
-from clip_aesthetics.reproduce import ZERO_SHOT, _config_key
+from clip_aesthetics.reproduce import ZERO_SHOT, _config_key, _slug
 from clip_aesthetics.study_report import PUBLISHED, markdown_report
 from conftest import TINY_CLIP_CONFIG, console_text, save_open_clip_dir
 
@@ -70,7 +70,8 @@ def test_report_files_and_contents(study: Path) -> None:
     assert all(row["n"] + row["n_failed"] <= len(test_ids) for row in document["results"])
     # every file a rerun may reuse names its model and records what it was made from
     for row in document["results"]:
-        assert _slug_of(row["model"]) in Path(row["scorer_file"]).name or "finetune-" in row["scorer_file"]
+        named = _slug_of(Path(row["model"]).name)  # a local-dir: path is named by its last folder
+        assert named in Path(row["scorer_file"]).name or "finetune-" in row["scorer_file"]
     for artefact in (
         "zeroshot-fixed_outstanding_atrocious",
         "features-timm_test_vit",
@@ -183,7 +184,7 @@ def test_rerun_with_another_batch_size_retrains(study: Path, tiny_clip_spec: str
     shutil.copytree(study / "out", reused)
     document, log = run_study(study, tiny_clip_spec, reused, "--steps", "finetune", "--batch-size", "8")
     assert document["config"]["batch_size"] == 8 and "batch_size" in log
-    for run in ("finetune-timm_test_vit", f"finetune-{_slug_of(tiny_clip_spec)}"):
+    for run in ("finetune-timm_test_vit", f"finetune-{_slug(tiny_clip_spec)}"):
         assert json.loads((reused / run / "config.json").read_text())["config"]["batch_size"] == 8
     assert len([p for p in (reused / "stale").iterdir() if p.is_dir()]) == 2
 
@@ -204,3 +205,14 @@ def test_bad_steps_rejected(tmp_path: Path) -> None:
         app, ["reproduce", str(tmp_path), "--output", str(tmp_path / "o"), "--steps", "x"]
     )
     assert result.exit_code == 2 and "--steps" in result.output
+
+
+def test_file_names_of_models_given_as_long_paths_stay_short_and_distinct():
+    deep = "local-dir:/" + "/".join(["a-rather-long-folder-name"] * 12)
+    first, second = _slug(deep + "/clip-one"), _slug(deep + "/clip-two")
+    assert first != second
+    # leaves room for a prefix ('zeroshot-ensembled_outstanding_horrible_over_imagenet-') and a temp suffix
+    assert max(len(first), len(second)) <= 48
+    assert "clip-one" in first
+    assert "clip-two" in second
+    assert _slug("ViT-B-32") == "ViT-B-32"  # short specs read as they are

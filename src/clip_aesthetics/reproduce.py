@@ -10,6 +10,7 @@ rerun gives the numbers of a fresh run into an empty folder.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Callable
@@ -130,8 +131,20 @@ class StepResult:
         return row
 
 
+_SLUG_MAX = 48
+
+
 def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")
+    """A file-name-safe form of ``text``; long ones (a local-dir: path) keep their end plus a digest.
+
+    File names are limited to 255 bytes, and a model spec can be a whole path: the end names the model, the
+    digest of the full text keeps two models whose ends agree apart.
+    """
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")
+    if len(slug) <= _SLUG_MAX:
+        return slug
+    digest = hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:10]
+    return f"{slug[-(_SLUG_MAX - 11) :].lstrip('_.-')}-{digest}"
 
 
 def _config_key(step: str, variant: str, model: str, pretrained: str | None) -> str:
