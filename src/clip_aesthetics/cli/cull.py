@@ -11,6 +11,7 @@ from pathlib import Path
 import typer
 
 from .app import EXIT_NOTHING_DONE, app, console, fail, user_errors, warn
+from .options import BatchSize, Device, Precision, Pretrained, Workers
 
 taste_app = typer.Typer(no_args_is_help=True, help="Learn your own taste from your ratings.")
 app.add_typer(taste_app, name="taste")
@@ -61,14 +62,14 @@ def cull(
     max_gap: float = typer.Option(10.0, min=0, help="Most seconds between two frames of a burst."),
     scorer_file: str = typer.Option(None, "--scorer", help="A scorer file (probe, taste, laion:PATH)."),
     model: str = typer.Option(None, "--model", "-m", help=MODEL_HELP),
-    pretrained: str = typer.Option(None, help="Weights: a tag (default openai), a file, or 'none'."),
+    pretrained: Pretrained = None,
     positive: list[str] = typer.Option(None, "--positive", help="Positive prompt text (repeatable)."),
     negative: list[str] = typer.Option(None, "--negative", help="Negative prompt text (repeatable)."),
     prompts: Path = typer.Option(None, help="JSON or YAML file with 'positive' and 'negative' lists."),
-    batch_size: int = typer.Option(32, min=1, help="Images per model call."),
-    workers: int = typer.Option(None, min=0, help="Decoding processes (default: a few)."),
-    device: str = typer.Option("auto", help="auto (CUDA if present), cpu, cuda, ..."),
-    precision: str = typer.Option("auto", help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16, fp16."),
+    batch_size: BatchSize = 32,
+    workers: Workers = None,
+    device: Device = "auto",
+    precision: Precision = "auto",
 ) -> None:
     """Group bursts and near-duplicates, pick the best frame of each, optionally rate in XMP sidecars."""
     from ..culling.cull import cull_rows, write_sidecars
@@ -110,14 +111,14 @@ def taste_fit(
     output: Path = typer.Option(..., "--output", "-o", help="The scorer file to write (.safetensors)."),
     ratings: Path = typer.Option(None, help="A CSV with 'path' and 'rating' columns (beats sidecars)."),
     model: str = typer.Option(None, "--model", "-m", help=MODEL_HELP),
-    pretrained: str = typer.Option(None, help="Weights: a tag (default openai), a file, or 'none'."),
+    pretrained: Pretrained = None,
     positive: list[str] = typer.Option(None, "--positive", help="Generic score: positive prompts."),
     negative: list[str] = typer.Option(None, "--negative", help="Generic score: negative prompts."),
     prompts: Path = typer.Option(None, help="Generic score: a prompts file."),
-    batch_size: int = typer.Option(32, min=1, help="Images per model call."),
-    workers: int = typer.Option(None, min=0, help="Decoding processes (default: a few)."),
-    device: str = typer.Option("auto", help="auto (CUDA if present), cpu, cuda, ..."),
-    precision: str = typer.Option("auto", help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16, fp16."),
+    batch_size: BatchSize = 32,
+    workers: Workers = None,
+    device: Device = "auto",
+    precision: Precision = "auto",
 ) -> None:
     """Fit a scorer to your own ratings (xmp:Rating or a CSV); usable as `score --scorer FILE`."""
     import numpy as np
@@ -163,14 +164,14 @@ def review_app(
     host: str = typer.Option("127.0.0.1", help="Address to bind (the default is this machine only)."),
     scorer_file: str = typer.Option(None, "--scorer", help="A scorer file (probe, taste, laion:PATH)."),
     model: str = typer.Option(None, "--model", "-m", help=MODEL_HELP),
-    pretrained: str = typer.Option(None, help="Weights: a tag (default openai), a file, or 'none'."),
+    pretrained: Pretrained = None,
     positive: list[str] = typer.Option(None, "--positive", help="Positive prompt text (repeatable)."),
     negative: list[str] = typer.Option(None, "--negative", help="Negative prompt text (repeatable)."),
     prompts: Path = typer.Option(None, help="JSON or YAML file with 'positive' and 'negative' lists."),
-    batch_size: int = typer.Option(32, min=1, help="Images per model call."),
-    workers: int = typer.Option(None, min=0, help="Decoding processes (default: a few)."),
-    device: str = typer.Option("auto", help="auto (CUDA if present), cpu, cuda, ..."),
-    precision: str = typer.Option("auto", help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16, fp16."),
+    batch_size: BatchSize = 32,
+    workers: Workers = None,
+    device: Device = "auto",
+    precision: Precision = "auto",
 ) -> None:
     """Review a shoot in your browser: ranked stacks, keyboard ratings into XMP sidecars, learn your taste."""
     import socket
