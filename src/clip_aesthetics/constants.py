@@ -23,7 +23,7 @@ DEFAULT_MAX_PIXELS = 100_000_000
 # Labelled dataset formats (``folder`` adds unlabelled image folders where labels are not needed).
 EVAL_DATASETS = ("ava", "csv", "aadb", "tad66k", "para", "koniq")
 ALL_DATASETS = (*EVAL_DATASETS, "folder")
-SPLIT_KINDS = ("official", "random")
+SPLIT_KINDS = ("official", "random", "file")
 SPLITS = ("train", "val", "test", "all")
 # The broken-image manifest a dataset folder may hold (written by `clip-aesthetics datasets verify`).
 DEFAULT_MANIFEST = "broken_images.json"
@@ -32,7 +32,9 @@ DEFAULT_MAX_THUMBNAILS = 2000
 # The steps of `clip-aesthetics reproduce`, in the order they run.
 REPRODUCE_STEPS = ("zeroshot", "probe", "finetune")
 # Prompt search (`clip-aesthetics prompts search`): prompt strategies tried and the metrics pairs rank by.
-PROMPT_STRATEGIES = ("fixed", "context", "ensemble")
+PROMPT_STRATEGIES = ("fixed", "context", "content", "ensemble")
+# The zero-shot score: the authors' (unnormalised text embeddings averaged) or cosine (normalised ensembling).
+ZEROSHOT_FORMULAS = ("authors", "cosine")
 PROMPT_METRICS = ("srcc", "plcc", "accuracy")
 # Metrics shown in comparison tables, in this order (a column only when some scorer has the metric).
 TABLE_METRICS = ("srcc", "plcc", "accuracy", "emd", "mse", "mae")

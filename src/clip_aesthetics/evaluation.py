@@ -68,6 +68,7 @@ def load_split(
     *,
     seed: int | None = None,
     manifest: Path | str | None = None,
+    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
 ) -> EvaluationSet:
     """Parse a dataset (dropping broken and missing images) and select one split.
 
@@ -75,8 +76,9 @@ def load_split(
         dataset: One of :data:`EVAL_DATASETS`.
         root: The dataset folder (``csv``: the CSV file).
         split: ``train``, ``val``, ``test``, or ``all`` for every record (no split).
-        kind: ``official`` or ``random`` (see :func:`split_records`).
+        kind: ``official``, ``random`` or ``file:PATH`` (see :func:`split_records`).
         seed: Seed of the random split or of the val carve-out.
+        fractions: (train, val, test) of a random split.
         manifest: Broken-image manifest; by default ``broken_images.json`` in the dataset folder if present.
     """
     if dataset not in EVAL_DATASETS:
@@ -89,7 +91,9 @@ def load_split(
         n, digest = len(parsed.records), info.digests["test"]
         info = SplitInfo("all", 0, {}, {"all": n}, {"all": digest}, "every record of the dataset, no split")
         return EvaluationSet(parsed, split, splits["test"], info)
-    parsed, splits, info = load_and_split(dataset, root, kind, seed=seed, manifest=manifest)
+    parsed, splits, info = load_and_split(
+        dataset, root, kind, fractions=fractions, seed=seed, manifest=manifest
+    )
     return EvaluationSet(parsed, split, splits[split], info)
 
 
@@ -168,8 +172,14 @@ def _metrics(
     dist: np.ndarray | None,
     thresholds: dict[str, float],
     bootstrap: dict[str, Any],
+    raw: np.ndarray | None = None,
 ) -> tuple[dict[str, float], dict[str, tuple[float, float]]]:
-    """Metrics of the scored images and, when ``bootstrap`` is set, their percentile intervals."""
+    """Metrics of the scored images and, when ``bootstrap`` is set, their percentile intervals.
+
+    With ``raw`` (zero-shot), SRCC and PLCC are those of ``raw`` in float64, as the authors computed them:
+    the 1-10 score ``1 + 9 * sigmoid(raw)`` saturates in float32 for large ``|raw|`` (ties) and bends the
+    linear relation; its PLCC is kept as ``plcc_score``.
+    """
     scored = np.flatnonzero(~np.isnan(pred))
     if scored.size < 2:
         return {"n": int(scored.size)}, {}
@@ -178,13 +188,18 @@ def _metrics(
     pred_dist = dist[scored].astype(np.float64) if with_emd else None
     votes = np.stack([records[i].votes for i in scored]) if with_emd else None
     metrics = compute_metrics(p, t, pred_dist, votes)
+    correlated = p if raw is None else raw[scored].astype(np.float64)
+    if raw is not None:
+        metrics.update(plcc_score=metrics["plcc"], srcc=srcc(correlated, t), plcc=plcc(correlated, t))
     accuracy = _accuracy_fn(thresholds["pred"], thresholds["true"])
     metrics["accuracy"] = accuracy(p, t)
     metrics["true_good_fraction"] = float(np.mean(t > thresholds["true"]))
     if not bootstrap:
         return metrics, {}
-    fns = {"srcc": srcc, "plcc": plcc, "accuracy": accuracy, "mse": mse, "mae": mae}
-    intervals = {name: bootstrap_ci(fn, p, t, **bootstrap) for name, fn in fns.items()}
+    correlations = {"srcc": srcc, "plcc": plcc}
+    intervals = {name: bootstrap_ci(fn, correlated, t, **bootstrap) for name, fn in correlations.items()}
+    fns = {"accuracy": accuracy, "mse": mse, "mae": mae}
+    intervals.update({name: bootstrap_ci(fn, p, t, **bootstrap) for name, fn in fns.items()})
     if with_emd:
         distances = emd(pred_dist, votes)  # resampling per-image distances bootstraps their mean
         zeros = np.zeros_like(distances)
@@ -259,7 +274,8 @@ def evaluate_scorers(
         thresholds = {"true": float(threshold), "pred": float(scorer.label_threshold)}
         if pred_threshold is not None:
             thresholds["pred"] = float(pred_threshold)
-        metrics, intervals = _metrics(records, out.pred, out.dist, thresholds, boot)
+        raw = out.raw if scorer.method == "zeroshot" and out.raw is not None else None
+        metrics, intervals = _metrics(records, out.pred, out.dist, thresholds, boot, raw)
         result = EvaluationResult(
             records, out.pred, out.raw, out.dist, out.failed, metrics, intervals, thresholds, out.seconds,
             scorer.config(), boot, out.from_cache, out.feature_cache,

@@ -1,14 +1,20 @@
 """Prompt engineering study (paper section 4.1): which adjective pair, fixed or context-aware, ensembled.
 
 Image embeddings are computed once (a feature cache) and every text once (the text-embedding cache); a
-pair's score is then a difference of two precomputed similarity columns, so searching 576 pairs under
-three strategies costs little more than one pass over the images.
+pair's score is then a difference of two precomputed similarity columns, so searching 600 pairs under
+four strategies costs little more than one pass over the images.
 
 Strategies, for a positive adjective ``p`` and a negative ``q``:
     ``fixed``: ``a {p} picture`` vs ``a {q} picture``;
     ``context``: ``a {p} picture of a {c}`` vs ``a {q} picture of a {c}`` where ``c`` is the image's
     best-matching content word (highest similarity to ``a picture of a {c}``);
+    ``content``: the authors' content mode: the best of ``a {p} picture of a {c}`` over all ``c`` against
+    the best of ``a {q} picture of a {c}`` (the label is the group of the argmax over all 2 x C prompts);
     ``ensemble``: each adjective's context prompts over all content words averaged (the paper's best).
+
+Every text vector follows the zero-shot ``formula`` (see :mod:`clip_aesthetics.scorers.zeroshot`):
+``authors`` keeps the text tower's output unnormalised, ``cosine`` normalises it. SRCC and PLCC are those
+of ``raw``, in float64, as the authors computed them.
 """
 
 from __future__ import annotations
@@ -32,9 +38,8 @@ from .prompts import (
     PromptGroups,
     encode_texts,
     expand,
-    group_embedding,
 )
-from .scorers.zeroshot import LOGIT_SCALE, ZeroShotScorer
+from .scorers.zeroshot import LOGIT_SCALE, ZeroShotScorer, group_vector, prompt_vectors
 from .tables import format_metric, markdown_table
 
 NEUTRAL_TEMPLATE = "a picture of a {content}"
@@ -43,7 +48,7 @@ WORD_FILE_SUFFIXES = (".txt", ".yaml", ".yml", ".json")
 
 @dataclass
 class AdjectiveEmbeddings:
-    """Text embeddings of every adjective under every strategy (all L2-normalised, float32)."""
+    """Text vectors of every adjective under every strategy (float32), under one zero-shot formula."""
 
     adjectives: tuple[str, ...]
     contents: tuple[str, ...]
@@ -51,31 +56,43 @@ class AdjectiveEmbeddings:
     per_content: torch.Tensor  # (A, C, D)
     ensemble: torch.Tensor  # (A, D)
     neutral: torch.Tensor  # (C, D)
+    formula: str = "cosine"
 
 
 def embed_adjectives(
-    backbone: Backbone, adjectives: tuple[str, ...], contents: tuple[str, ...]
+    backbone: Backbone, adjectives: tuple[str, ...], contents: tuple[str, ...], formula: str = "cosine"
 ) -> AdjectiveEmbeddings:
     """Encode all prompts of all adjectives once (batched, cached on disk per backbone and texts)."""
-    fixed = encode_texts(backbone, expand(adjectives))
-    per_content = encode_texts(backbone, expand(adjectives, contents)).view(
-        len(adjectives), len(contents), -1
+
+    def encode(texts: tuple[str, ...]) -> torch.Tensor:
+        return encode_texts(backbone, texts, normalize=False)
+
+    per_content_raw = encode(expand(adjectives, contents)).view(len(adjectives), len(contents), -1)
+    return AdjectiveEmbeddings(
+        tuple(adjectives),
+        tuple(contents),
+        prompt_vectors(encode(expand(adjectives)), formula),
+        prompt_vectors(per_content_raw, formula),
+        torch.stack([group_vector(group, formula) for group in per_content_raw]),
+        prompt_vectors(encode(tuple(NEUTRAL_TEMPLATE.format(content=c) for c in contents)), formula),
+        formula,
     )
-    ensemble = torch.stack([group_embedding(group) for group in per_content])
-    neutral = encode_texts(backbone, tuple(NEUTRAL_TEMPLATE.format(content=c) for c in contents))
-    return AdjectiveEmbeddings(tuple(adjectives), tuple(contents), fixed, per_content, ensemble, neutral)
 
 
 def similarities(features: np.ndarray | torch.Tensor, emb: AdjectiveEmbeddings) -> dict[str, np.ndarray]:
-    """Cosine similarity of each image to each adjective's prompt, per strategy: {strategy: (N, A)}."""
+    """Similarity (normalised image . text vector) of each image to each adjective, per strategy: (N, A).
+
+    A pair's raw score is 100 times the difference of its two columns under every strategy.
+    """
     features = torch.nn.functional.normalize(torch.as_tensor(features).float(), dim=-1)
     best = (features @ emb.neutral.T).argmax(dim=-1)  # each image's content word
-    context = torch.stack(
-        [(features * emb.per_content[a, best]).sum(-1) for a in range(len(emb.adjectives))], 1
-    )
+    adjectives = range(len(emb.adjectives))
+    context = torch.stack([(features * emb.per_content[a, best]).sum(-1) for a in adjectives], 1)
+    content = torch.stack([(features @ emb.per_content[a].T).amax(-1) for a in adjectives], 1)
     return {
         "fixed": (features @ emb.fixed.T).numpy(),
         "context": context.numpy(),
+        "content": content.numpy(),
         "ensemble": (features @ emb.ensemble.T).numpy(),
     }
 
@@ -87,11 +104,11 @@ def _pearson(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def pair_metrics(raw: np.ndarray, true: np.ndarray, true_ranks: np.ndarray, threshold: float) -> dict:
-    """SRCC of the raw score, PLCC of the 1-10 score, accuracy of the closer-group decision."""
-    score = 1.0 + 9.0 / (1.0 + np.exp(-raw))
+    """SRCC and PLCC of the raw score (float64, as the authors), accuracy of the closer-group decision."""
+    raw = np.asarray(raw, dtype=np.float64)
     return {
         "srcc": _pearson(rankdata(raw), true_ranks),
-        "plcc": _pearson(score, true),
+        "plcc": _pearson(raw, true),
         "accuracy": float(np.mean((raw > 0) == (true > threshold))),
     }
 
@@ -117,7 +134,9 @@ def search_pairs(
     for strategy, sim in sims.items():
         for p in positives:
             for q in negatives:
-                raw = LOGIT_SCALE * (sim[:, index[p]].astype(np.float64) - sim[:, index[q]])
+                raw = LOGIT_SCALE * (
+                    sim[:, index[p]].astype(np.float64) - sim[:, index[q]].astype(np.float64)
+                )
                 metrics = pair_metrics(raw, true, true_ranks, threshold)
                 rows.append({"strategy": strategy, "positive": p, "negative": q, "n": len(true), **metrics})
     rows.sort(key=lambda r: -np.nan_to_num(r[metric], nan=-np.inf))
@@ -126,17 +145,21 @@ def search_pairs(
     return rows
 
 
-def best_scorer(backbone: Backbone, row: dict, contents: tuple[str, ...]) -> ZeroShotScorer:
-    """The zero-shot scorer of a result row (same prompts and strategy as searched)."""
+def best_scorer(
+    backbone: Backbone, row: dict, contents: tuple[str, ...], formula: str = "cosine"
+) -> ZeroShotScorer:
+    """The zero-shot scorer of a result row (same prompts, strategy and formula as searched)."""
     p, q = (row["positive"],), (row["negative"],)
     recipe = {"search_result": {k: row[k] for k in ("strategy", "positive", "negative", *METRICS)}}
     if row["strategy"] == "fixed":
-        return ZeroShotScorer(backbone, PromptGroups(expand(p), expand(q)), recipe=recipe)
+        return ZeroShotScorer(backbone, PromptGroups(expand(p), expand(q)), recipe=recipe, formula=formula)
     groups = PromptGroups(expand(p, contents, CONTEXT_TEMPLATE), expand(q, contents, CONTEXT_TEMPLATE))
-    if row["strategy"] == "ensemble":
-        return ZeroShotScorer(backbone, groups, recipe=recipe)
+    if row["strategy"] in ("ensemble", "content"):
+        return ZeroShotScorer(backbone, groups, recipe=recipe, strategy=row["strategy"], formula=formula)
     neutral = tuple(NEUTRAL_TEMPLATE.format(content=c) for c in contents)
-    return ZeroShotScorer(backbone, groups, recipe=recipe, strategy="context", context_prompts=neutral)
+    return ZeroShotScorer(
+        backbone, groups, recipe=recipe, strategy="context", context_prompts=neutral, formula=formula
+    )
 
 
 def ranked_markdown(rows: list[dict], limit: int = 30) -> str:

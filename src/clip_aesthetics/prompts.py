@@ -42,6 +42,7 @@ CLASS_LISTS = {"imagenet": IMAGENET_CLASSES, "imagenet-curated": IMAGENET_CURATE
 
 POSITIVE_ADJECTIVES = (
     "outstanding",
+    "smashing",  # in the authors' notebook
     "excellent",
     "stunning",
     "beautiful",
@@ -192,26 +193,37 @@ def cache_dir() -> Path:
 
 @torch.inference_mode()
 def encode_texts(
-    backbone, texts: tuple[str, ...] | list[str], batch_size: int = 256, use_cache: bool = True
+    backbone,
+    texts: tuple[str, ...] | list[str],
+    batch_size: int = 256,
+    use_cache: bool = True,
+    *,
+    normalize: bool = True,
 ) -> torch.Tensor:
-    """Normalised text embeddings (len(texts), D), float32 on CPU, cached on disk per backbone and texts."""
-    key = hashlib.sha256(json.dumps([backbone.weights_id, backbone.spec, list(texts)]).encode()).hexdigest()
+    """Text embeddings (len(texts), D), float32 on CPU, cached on disk per backbone and texts.
+
+    The cache holds the text tower's output as it is; ``normalize=False`` returns it so (the authors'
+    zero-shot formula averages unnormalised embeddings), the default L2-normalises each row.
+    """
+    key = hashlib.sha256(
+        json.dumps([backbone.weights_id, backbone.spec, list(texts), "unnormalised"]).encode()
+    ).hexdigest()
     path = cache_dir() / "text" / f"{key[:32]}.safetensors"
     if use_cache and path.is_file():
-        return load_file(path)["embeddings"]
+        embeddings = load_file(path)["embeddings"]
+        return torch.nn.functional.normalize(embeddings, dim=-1) if normalize else embeddings
     chunks = []
     with progress_bar(len(texts), "encoding prompts (cached after)") as advance:
         for start in range(0, len(texts), batch_size):
             tokens = backbone.tokenize(list(texts[start : start + batch_size]))
-            features = backbone.encode_text(tokens).float()
-            chunks.append(torch.nn.functional.normalize(features, dim=-1).cpu())
+            chunks.append(backbone.encode_text(tokens).float().cpu())
             advance(len(tokens))
     embeddings = torch.cat(chunks)
     if use_cache:
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:  # a concurrent reader never sees half a file
             save_file({"embeddings": embeddings.contiguous()}, tmp)
-    return embeddings
+    return torch.nn.functional.normalize(embeddings, dim=-1) if normalize else embeddings
 
 
 def group_embedding(text_embeddings: torch.Tensor) -> torch.Tensor:

@@ -309,15 +309,18 @@ def build_scorer(
         model, pretrained, quick_gelu: the backbone (see :func:`load_backbone`); for a file, they override
             nothing and must be left unset; for ``laion:`` they default to ViT-L-14 / openai.
         prompts: custom prompt groups for ``zeroshot`` (default: the paper's best).
+    formula: str | None = None,
     """
     from .backbones import DEFAULT_MODEL, load_backbone
     from .scorers import ZeroShotScorer, load_laion_scorer, load_scorer
 
     if source == "zeroshot":
         backbone = load_backbone(model or DEFAULT_MODEL, pretrained, device=device, quick_gelu=quick_gelu)
-        return ZeroShotScorer(backbone, prompts).eval()
+        return ZeroShotScorer(backbone, prompts, formula=formula or "cosine").eval()
     if source.startswith("laion:") and prompts is None:
         return load_laion_scorer(
+        formula: the ``zeroshot`` score, ``cosine`` (default) or ``authors`` (see
+            :mod:`~clip_aesthetics.scorers.zeroshot`); a scorer file records its own.
             source.removeprefix("laion:"), model=model, pretrained=pretrained, device=device
         )
     if model is not None or pretrained is not None or prompts is not None or quick_gelu is not None:
@@ -334,16 +337,19 @@ def load_scorer_groups(
     model: str | None = None,
     pretrained: str | None = None,
     prompts: PromptGroups | None = None,
+    if formula is not None:
+        raise ValueError("a scorer file records its own zero-shot score: drop --zeroshot-score")
     device: str | None = None,
 ) -> Iterator[list[tuple[int, Scorer]]]:
     """Load scorers one encoder at a time: ``[(index in sources, scorer), ...]`` per group.
 
     Sources are as in :func:`build_scorer` (``model``/``pretrained``/``prompts`` describe ``zeroshot`` and
-    ``laion:``). Scorer files that name the same frozen encoder (see
+    ``laion:``, ``formula`` the ``zeroshot`` score). Scorer files that name the same frozen encoder (see
     :func:`~clip_aesthetics.scorers.base.encoder_identity`) are loaded onto one backbone instance, shared with
     a ``zeroshot``/``laion:`` scorer on that encoder, so the evaluation hub encodes each image once for all
     of them; a fine-tuned scorer (its own tower) is a group of one. Only one group's models are alive at a
     time if the caller drops each group before asking for the next. Every file's config is read first, so a
+    formula: str | None = None,
     bad file fails before any model is loaded.
     """
     from .scorers import load_scorer
@@ -362,7 +368,10 @@ def load_scorer_groups(
             backbone, key, members = backbone_for(configs[i], device), keys[i], []
             same = [j for j in configs if j not in done and keys[j] == key] if key is not None else [i]
         else:
-            lead = build_scorer(source, model=model, pretrained=pretrained, prompts=prompts, device=device)
+            options = {"formula": formula} if source == "zeroshot" else {}
+            lead = build_scorer(
+                source, model=model, pretrained=pretrained, prompts=prompts, device=device, **options
+            )
             backbone, key, members = lead.backbone, encoder_identity(lead.backbone.describe()), [(i, lead)]
             same = [j for j in configs if j not in done and keys[j] == key]
         members += [(j, load_scorer(sources[j], backbone=backbone)) for j in same]

@@ -22,11 +22,13 @@ from .options import (
     MaxPixels,
     Precision,
     Split,
+    SplitFile,
     SplitKind,
     SplitSeed,
     Workers,
+    ZeroShotScore,
 )
-from .score import check_scorer_file_options, prompt_groups
+from .score import check_scorer_file_options, check_zeroshot_score, prompt_groups
 
 if TYPE_CHECKING:  # the library is imported inside the commands, so that --help is instant
     from ..evaluation import EvaluationResult, EvaluationSet
@@ -151,6 +153,7 @@ def evaluate(
     dataset: Dataset = "ava",
     split: Split = "test",
     split_kind: SplitKind = "official",
+    split_file: SplitFile = None,
     split_seed: SplitSeed = None,
     manifest: Manifest = None,
     method: Annotated[str | None, typer.Option(help="zeroshot (default), probe or finetune.")] = None,
@@ -162,6 +165,7 @@ def evaluate(
     positive: Positive = None,
     negative: Negative = None,
     prompts: Prompts = None,
+    zeroshot_score: ZeroShotScore = None,
     predictions: Annotated[Path | None, typer.Option(help="Per-image predictions (.csv).")] = None,
     plots: Annotated[Path | None, typer.Option(help="Folder for scatter and histogram PNGs.")] = None,
     html: Annotated[
@@ -190,8 +194,11 @@ def evaluate(
     resolve_method(method, scorer_file)
     groups = prompt_groups(positive, negative, prompts)
     check_scorer_file_options(scorer_file, model, pretrained, groups)
-    evaluation_set = _load_set(root, dataset, split, split_kind, split_seed, manifest)
-    scorer = _build(scorer_file, model, pretrained, groups, device)
+    check_zeroshot_score(scorer_file, zeroshot_score)
+    evaluation_set = _load_set(
+        root, dataset, split, _split_kind(split_kind, split_file), split_seed, manifest
+    )
+    scorer = _build(scorer_file, model, pretrained, groups, device, _formula(zeroshot_score))
     caches = open_caches(features or [])
     _check_caches(caches, scorer)
     result = evaluate_scorer(
@@ -264,13 +271,32 @@ def _build(
     pretrained: str | None,
     groups: PromptGroups | None,
     device: str,
+    formula: str | None = None,
 ) -> Scorer:
     from ..scoring import build_scorer
 
     check_scorer_file_options(scorer_file, model, pretrained, groups)
     return build_scorer(
-        scorer_file or "zeroshot", model=model, pretrained=pretrained, prompts=groups, device=device
+        scorer_file or "zeroshot",
+        model=model,
+        pretrained=pretrained,
+        prompts=groups,
+        device=device,
+        formula=formula,
     )
+
+
+def _formula(zeroshot_score: str | None) -> str | None:
+    """--zeroshot-score checked (None: the scorer's default, or a scorer file's own formula)."""
+    from ..scorers.zeroshot import check_formula
+
+    return None if zeroshot_score is None else check_formula(zeroshot_score)
+
+
+def _split_kind(split_kind: str, split_file: Path | None) -> str:
+    from ..datasets import split_kind as resolve
+
+    return resolve(split_kind, split_file)
 
 
 def _names(scorer_files: list[str], zeroshot: bool) -> list[tuple[str, str | None]]:
@@ -292,6 +318,7 @@ def compare(
     dataset: Dataset = "ava",
     split: Split = "test",
     split_kind: SplitKind = "official",
+    split_file: SplitFile = None,
     split_seed: SplitSeed = None,
     manifest: Manifest = None,
     scorer_files: Annotated[
@@ -303,6 +330,7 @@ def compare(
     positive: Positive = None,
     negative: Negative = None,
     prompts: Prompts = None,
+    zeroshot_score: ZeroShotScore = None,
     threshold: Threshold = 5.0,
     bootstrap: Bootstrap = 0,
     batch_size: BatchSize = 64,
@@ -321,9 +349,11 @@ def compare(
     if not scorer_files and not zeroshot:
         raise ValueError("nothing to compare: give --scorer FILE (repeatable) and/or --zeroshot")
     groups = prompt_groups(positive, negative, prompts)
-    if not zeroshot and (model or pretrained or groups):
+    check_zeroshot_score(None, zeroshot_score)
+    if not zeroshot and (model or pretrained or groups or zeroshot_score):
         raise ValueError(
-            "--model, --pretrained and prompt options describe the --zeroshot scorer: add --zeroshot"
+            "--model, --pretrained, --zeroshot-score and prompt options describe the --zeroshot scorer: "
+            "add --zeroshot"
         )
     from ..features.hub import open_caches
     from ..scorers.registry import scorer_file_method
@@ -331,13 +361,16 @@ def compare(
     for path in scorer_files:
         scorer_file_method(path)  # fail on a bad file now, not after the first scorer has run
     caches = open_caches(features or [])
-    evaluation_set = _load_set(root, dataset, split, split_kind, split_seed, manifest)
+    evaluation_set = _load_set(
+        root, dataset, split, _split_kind(split_kind, split_file), split_seed, manifest
+    )
     options = {"threshold": threshold, "bootstrap": bootstrap, "batch_size": batch_size, "workers": workers}
     options.update(precision=precision, max_pixels=max_pixels, decode=decode, caches=caches)
     names = _names(scorer_files, zeroshot)
     sources = ["zeroshot" if path is None else path for _, path in names]
     # --model/--pretrained/prompts describe the zero-shot scorer; a file names its own backbone.
     zeroshot_options = {"model": model, "pretrained": pretrained, "prompts": groups, "device": device}
+    zeroshot_options["formula"] = _formula(zeroshot_score)
     results = _evaluate_by_encoder(sources, zeroshot_options, evaluation_set, options)
     named = [(name, results[i]) for i, (name, _) in enumerate(names)]
     for _, result in named:

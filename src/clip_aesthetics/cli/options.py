@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from ..constants import ALL_DATASETS, EVAL_DATASETS, SPLIT_KINDS, SPLITS
+from ..constants import ALL_DATASETS, EVAL_DATASETS, SPLIT_KINDS, SPLITS, ZEROSHOT_FORMULAS
 
 DatasetRoot = Annotated[Path, typer.Argument(help="Dataset folder (for --dataset csv: the CSV file).")]
 Dataset = Annotated[str, typer.Option("--dataset", "-d", help=f"Format: {', '.join(EVAL_DATASETS)}.")]
@@ -23,7 +23,17 @@ Split = Annotated[str, typer.Option("--split", help=f"Part of the split: {', '.j
 SplitKind = Annotated[
     str,
     typer.Option(
-        "--split-kind", help=f"{' or '.join(SPLIT_KINDS)}: the dataset's own split, or a seeded 80/10/10 one."
+        "--split-kind",
+        help=f"{', '.join(SPLIT_KINDS)}: the dataset's own split, a seeded 80/10/10 one, or the authors' "
+        "split files (--split-file).",
+    ),
+]
+SplitFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--split-file",
+        help="With --split-kind file: a folder with the authors' AVA_test.csv and AVA_train_split.csv + "
+        "AVA_val_split.csv (or AVA_train.csv), or one file of test ids.",
     ),
 ]
 SplitSeed = Annotated[
@@ -48,6 +58,14 @@ CpuBf16Precision = Annotated[
     str,
     typer.Option(
         "--precision", help="auto (bf16 on CUDA and on CPUs with native bf16, else fp32), fp32, bf16, fp16."
+    ),
+]
+ZeroShotScore = Annotated[
+    str | None,
+    typer.Option(
+        "--zeroshot-score",
+        help=f"Zero-shot score: {' or '.join(ZEROSHOT_FORMULAS)} (authors: 100 f.(mean t+ - mean t-) of "
+        "unnormalised text embeddings, as the paper's code; cosine: normalised ensembling; default cosine).",
     ),
 ]
 Decode = Annotated[str, typer.Option("--decode", help="JPEG decoding: auto (nvJPEG on CUDA), cpu, gpu.")]

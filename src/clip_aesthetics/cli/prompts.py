@@ -19,9 +19,11 @@ from .options import (
     Device,
     Precision,
     Pretrained,
+    SplitFile,
     SplitKind,
     SplitSeed,
     Workers,
+    ZeroShotScore,
 )
 
 prompts_app = typer.Typer(no_args_is_help=True, help="Prompt engineering for zero-shot scoring.")
@@ -40,6 +42,7 @@ def search(
     dataset: Dataset = "ava",
     split: Annotated[str, typer.Option(help="Part to judge prompts on: train, val, test or all.")] = "val",
     split_kind: SplitKind = "official",
+    split_file: SplitFile = None,
     split_seed: SplitSeed = None,
     model: Annotated[str, typer.Option("--model", "-m", help="CLIP backbone.")] = DEFAULT_MODEL,
     pretrained: Pretrained = None,
@@ -51,6 +54,7 @@ def search(
         "(open_clip's), a file, or a,b.",
     ),
     strategies: str = typer.Option(",".join(PROMPT_STRATEGIES), help="Strategies to try (comma separated)."),
+    zeroshot_score: ZeroShotScore = None,
     metric: str = typer.Option("srcc", help=f"Rank pairs by: {', '.join(PROMPT_METRICS)}."),
     threshold: float = typer.Option(5.0, help="A true mean above this is a 'good' image."),
     output: Path = typer.Option(Path("prompt_search.json"), "--output", "-o", help="Ranked results (JSON)."),
@@ -65,6 +69,7 @@ def search(
 ) -> None:
     """Rank positive x negative adjective pairs under fixed, context-aware and ensembled prompts."""
     from ..backbones import load_backbone
+    from ..datasets import split_kind as resolve_split_kind
     from ..features.cache import load_features
     from ..features.embed import DatasetSpec, embed_dataset
     from ..metrics import check_threshold
@@ -79,6 +84,7 @@ def search(
     )
     from ..prompts import CLASS_LISTS, NEGATIVE_ADJECTIVES, POSITIVE_ADJECTIVES
     from ..scorers import save_scorer
+    from ..scorers.zeroshot import check_formula
 
     if split not in SPLITS:
         raise ValueError(f"--split takes one of {', '.join(SPLITS)}, not {split!r}")
@@ -86,6 +92,8 @@ def search(
     if not chosen or set(chosen) - set(PROMPT_STRATEGIES):
         raise ValueError(f"--strategies takes a comma-separated subset of {', '.join(PROMPT_STRATEGIES)}")
     check_threshold(threshold, "--threshold")
+    formula = check_formula(zeroshot_score or "cosine")
+    split_kind = resolve_split_kind(split_kind, split_file)
     positives = load_word_list(positive, POSITIVE_ADJECTIVES)
     negatives = load_word_list(negative, NEGATIVE_ADJECTIVES)
     words = contents_for(contents)
@@ -98,7 +106,7 @@ def search(
     features = load_features(cache).select(split)
     if len(features) < 2:
         raise ValueError(f"split {split!r} has {len(features)} embedded images: nothing to rank prompts on")
-    emb = embed_adjectives(backbone, tuple(dict.fromkeys(positives + negatives)), words)
+    emb = embed_adjectives(backbone, tuple(dict.fromkeys(positives + negatives)), words, formula)
     sims = {k: v for k, v in similarities(features.features, emb).items() if k in chosen}
     rows = search_pairs(
         sims, emb.adjectives, positives, negatives, features.means, threshold=threshold, metric=metric
@@ -109,12 +117,13 @@ def search(
         "n_images": len(features),
         "backbone": backbone.describe(),
         "metric": metric,
+        "zeroshot_score": formula,
         "threshold": threshold,
         "contents": contents if contents in CLASS_LISTS else list(words),
     }
     write_results(rows, meta, output, markdown)
     if save_best is not None:
-        save_scorer(best_scorer(backbone, rows[0], words), save_best)
+        save_scorer(best_scorer(backbone, rows[0], words, formula), save_best)
     _show(rows, top, len(features), output, save_best)
 
 

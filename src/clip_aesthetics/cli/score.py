@@ -12,7 +12,7 @@ from rich.table import Table
 from ..constants import DEFAULT_MAX_PIXELS, DEFAULT_MAX_THUMBNAILS
 from ..fileio import text_name
 from .app import EXIT_INTERRUPTED, EXIT_NOTHING_DONE, app, console, err_console, fail, user_errors, warn
-from .options import CpuBf16Precision
+from .options import CpuBf16Precision, ZeroShotScore
 
 if TYPE_CHECKING:  # the library is imported inside the commands, so that --help is instant
     from ..prompts import PromptGroups
@@ -46,6 +46,17 @@ def default_prompts_over(contents: str) -> PromptGroups:
 
     words, recipe = contents_for(contents), PromptRecipe()
     return PromptGroups(expand(recipe.positive_adjectives, words), expand(recipe.negative_adjectives, words))
+
+
+def check_zeroshot_score(scorer_file: str | None, zeroshot_score: str | None) -> None:
+    """--zeroshot-score is a known formula and describes a zero-shot scorer, not a scorer file."""
+    if zeroshot_score is None:
+        return
+    from ..scorers.zeroshot import check_formula
+
+    check_formula(zeroshot_score)
+    if scorer_file is not None:
+        raise ValueError("a scorer file records its own zero-shot score: drop --zeroshot-score")
 
 
 def check_scorer_file_options(
@@ -106,6 +117,7 @@ def score(
         help="Class names of the default prompts: imagenet (the authors' list, default), imagenet-curated "
         "(open_clip's), a file, or a,b.",
     ),
+    zeroshot_score: ZeroShotScore = None,
     output: str = typer.Option(
         None, "--output", "-o", help="Ranked results: .csv, .jsonl or .parquet; a FOLDER/ for shard inputs."
     ),
@@ -164,12 +176,13 @@ def score(
 
         if html is not None or from_embeddings is not None:
             raise ValueError("--html and --from-embeddings are for single-file runs, not a score folder")
-        recipe = ScorerRecipe(scorer_file or "zeroshot", model, pretrained, groups)
+        recipe = ScorerRecipe(scorer_file or "zeroshot", model, pretrained, groups, zeroshot_score)
         precision_name = str(getattr(precision, "value", precision))  # the option may be an enum
         options = EngineOptions(
             engine=engine, batch_size=batch_size, workers=workers, precision=precision_name, device=device,
             max_pixels=max_pixels, embeddings=embeddings, image_column=image_column, key_column=key_column,
             ray_address=ray_address, actors=actors, gpus_per_actor=gpus_per_actor,
+    check_zeroshot_score(scorer_file, zeroshot_score)
             cpus_per_actor=cpus_per_actor,
         )  # fmt: skip
         return score_shards_command(paths or [], output, recipe, options, overwrite)
@@ -186,8 +199,9 @@ def score(
     if stored and not (scorer_file or model):  # zero-shot on stored embeddings: the model that made them
         model, pretrained = stored.backbone_spec()
     scorer = build_scorer(
-        scorer_file or "zeroshot", model=model, pretrained=pretrained, prompts=groups, device=device
-    )
+        scorer_file or "zeroshot", model=model, pretrained=pretrained, prompts=groups, device=device,
+        formula=zeroshot_score,
+    )  # fmt: skip
     if stored:
         options, batches = _embedding_batches(scorer, stored, batch_size)
     else:

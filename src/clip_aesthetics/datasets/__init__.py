@@ -29,7 +29,19 @@ from .records import (
     scan_folder,
     write_broken_manifest,
 )
-from .splits import SplitInfo, Splits, official_split, random_split, split_records
+from .splits import (
+    AUTHORS_FRACTIONS,
+    AUTHORS_SEED,
+    SplitInfo,
+    Splits,
+    file_split,
+    is_split_kind,
+    official_split,
+    random_split,
+    read_split_file,
+    split_kind,
+    split_records,
+)
 from .synthetic import make_synthetic_ava
 
 DATASETS: dict[str, Callable[..., ParsedDataset]] = {
@@ -72,7 +84,8 @@ def load_and_split(
 
     Args:
         name, root: see :func:`load_dataset`.
-        kind, fractions, val_fraction, seed: see :func:`split_records` (``--split-kind``, ``--split-seed``).
+        kind, fractions, val_fraction, seed: see :func:`split_records` (``--split-kind``, ``--split-seed``;
+            ``file:PATH`` for the authors' split files, see :func:`split_kind`).
         manifest: Broken-image manifest; by default ``broken_images.json`` in the dataset folder if present.
 
     Raises:
@@ -86,6 +99,8 @@ def load_and_split(
 
 
 __all__ = [
+    "AUTHORS_FRACTIONS",
+    "AUTHORS_SEED",
     "DATASETS",
     "IMAGE_EXTENSIONS",
     "SCALE_MAPPINGS",
@@ -96,7 +111,9 @@ __all__ = [
     "Record",
     "SkippedLine",
     "SplitInfo",
+    "file_split",
     "filter_available",
+    "is_split_kind",
     "load_and_split",
     "load_broken_manifest",
     "load_dataset",
@@ -109,8 +126,10 @@ __all__ = [
     "parse_para",
     "parse_tad66k",
     "random_split",
+    "read_split_file",
     "resolve_ava_root",
     "scan_folder",
+    "split_kind",
     "split_records",
     "write_broken_manifest",
 ]

@@ -6,7 +6,10 @@ Two kinds:
   carry it in ``Record.split``. When a dataset has no validation set, ``val_fraction`` of train is carved out
   with a seed (pyiqa's convention for AVA: 5%, seed 123).
 - **random**: a seeded split with given (train, val, test) fractions, as in the paper's own study (its test
-  set of 25,551 images is 10% of AVA).
+  set of 25,551 images is 10% of AVA; :data:`AUTHORS_FRACTIONS` and :data:`AUTHORS_SEED` are its proportions).
+- **file** (``file:PATH``): the authors' split files (:func:`read_split_file`): a folder holding
+  ``AVA_test.csv`` and ``AVA_train_split.csv``/``AVA_val_split.csv`` (or only ``AVA_train.csv``, validation
+  then carved out of it as the authors did: 20%, seed 42), or one file listing the test ids.
 
 Both are reproducible and independent of record order: records are sorted by id before the seeded
 permutation, and each split keeps the records' input order. :class:`SplitInfo` describes a split for metrics
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,11 +28,26 @@ from typing import Any
 
 import numpy as np
 
+from ..fileio import open_text
 from .ava import TEST_LIST, read_id_list, resolve_ava_root
-from .records import ParsedDataset, Record
+from .records import ParsedDataset, ParseError, Record
 
 SPLIT_NAMES = ("train", "val", "test")
 Splits = dict[str, list[Record]]
+
+# The authors' split (shiemn/CLIP-knows-IA): test = 10% of AVA (25,551 images), validation = 20% of the rest,
+# seed 42. Without their files, a random split with these proportions is the closest one can get.
+AUTHORS_SEED = 42
+AUTHORS_VAL_OF_TRAIN = 0.2
+AUTHORS_FRACTIONS = (0.72, 0.18, 0.1)
+# Their split files, in a folder: test, the whole training file, and its train/validation parts.
+AUTHORS_FILES = {
+    "test": "AVA_test.csv",
+    "train_all": "AVA_train.csv",
+    "train": "AVA_train_split.csv",
+    "val": "AVA_val_split.csv",
+}
+FILE_KIND = "file:"
 
 
 @dataclass
@@ -36,7 +55,7 @@ class SplitInfo:
     """How a split was made; ``to_dict``/``to_json`` give a form for metrics files.
 
     Attributes:
-        kind: "official" or "random".
+        kind: "official", "random" or "file:PATH".
         seed: Seed of the permutation (random split, or the val carve-out of an official split).
         fractions: Requested fractions: train/val/test for random; {"val": f} when val was carved from train.
         counts: Number of records per split.
@@ -144,6 +163,138 @@ def _from_record_splits(records: Sequence[Record], val_fraction: float, seed: in
     return splits, carve
 
 
+def split_kind(kind: str, split_file: str | Path | None = None) -> str:
+    """The split kind commands pass on: ``--split-kind file --split-file PATH`` becomes ``file:PATH``."""
+    if kind == "file":
+        if split_file is None:
+            raise ValueError(
+                "--split-kind file needs --split-file PATH (a folder of the authors' CSVs or a file)"
+            )
+        return FILE_KIND + str(Path(split_file).expanduser().resolve())
+    if split_file is not None:
+        raise ValueError(f"--split-file is read with --split-kind file, not {kind!r}")
+    return kind
+
+
+def is_split_kind(kind: str) -> bool:
+    """official, random or file:PATH."""
+    return kind in ("official", "random") or (kind.startswith(FILE_KIND) and len(kind) > len(FILE_KIND))
+
+
+def _split_file_ids(path: Path) -> list[str]:
+    """Image ids of one of the authors' split files: an id, then ten normalised vote fractions, per line.
+
+    Separators may be commas or whitespace and a header line is skipped; an id may carry ``.jpg``. A line
+    that is neither is an error naming the file and line: a wrong file must not silently shrink a split.
+    """
+    ids: list[str] = []
+    first = True
+    with open_text(path) as handle:
+        for line_no, line in enumerate(handle, start=1):
+            fields = [f.strip("\"'") for f in re.split(r"[,\s]+", line.strip()) if f]
+            if not fields:
+                continue
+            header = first and len(fields) > 1 and not _is_number(fields[1])
+            first = False
+            reason = _fractions_problem(fields[1:])
+            if reason is None:
+                ids.append(re.sub(r"\.jpe?g$", "", fields[0], flags=re.IGNORECASE))
+            elif not header:
+                raise ParseError(path, line_no, f"expected an image id and ten vote fractions: {reason}")
+    if not ids:
+        raise ValueError(f"{path}: no image ids (expected lines of an id and ten vote fractions)")
+    return ids
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _fractions_problem(fields: list[str]) -> str | None:
+    if len(fields) != 10:
+        return f"{len(fields)} values after the id, not 10"
+    if not all(_is_number(f) for f in fields):
+        return "a value is not a number"
+    values = np.array([float(f) for f in fields])
+    if not np.isfinite(values).all() or (values < 0).any() or abs(values.sum() - 1.0) > 1e-3:
+        return f"the fractions sum to {values.sum():.4g}, not 1"
+    return None
+
+
+def read_split_file(path: str | Path) -> tuple[dict[str, list[str]], str]:
+    """Ids per split from the authors' files, and a note on where they came from.
+
+    ``path`` is a folder with ``AVA_test.csv`` and ``AVA_train_split.csv`` + ``AVA_val_split.csv`` (their
+    exact split), or with ``AVA_test.csv`` + ``AVA_train.csv`` (validation to be carved out of train), or
+    a single file listing the test ids (train: every other record). The ids of
+    each file must not overlap another's.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"split file not found: {path}")
+    if path.is_file():
+        return {"test": _split_file_ids(path)}, f"test ids from {path.name}; train: every other record"
+    files = {name: path / file for name, file in AUTHORS_FILES.items()}
+    if not files["test"].is_file():
+        raise FileNotFoundError(f"{path} has no {AUTHORS_FILES['test']} (the authors' test split)")
+    ids = {"test": _split_file_ids(files["test"])}
+    if files["train"].is_file() and files["val"].is_file():
+        ids.update(train=_split_file_ids(files["train"]), val=_split_file_ids(files["val"]))
+        note = f"the authors' split files in {path}"
+    elif files["train_all"].is_file():
+        ids["train_all"] = _split_file_ids(files["train_all"])
+        note = f"the authors' train/test files in {path}; val carved out of train"
+    else:
+        raise FileNotFoundError(
+            f"{path} has {AUTHORS_FILES['test']} but neither {AUTHORS_FILES['train']} + "
+            f"{AUTHORS_FILES['val']} nor {AUTHORS_FILES['train_all']}"
+        )
+    _check_disjoint(ids, path)
+    return ids, note
+
+
+def _check_disjoint(ids: dict[str, list[str]], path: Path) -> None:
+    seen: dict[str, str] = {}
+    for name, members in ids.items():
+        for image_id in members:
+            if seen.setdefault(image_id, name) != name:
+                raise ValueError(
+                    f"{path}: image {image_id!r} is in both the {seen[image_id]} and {name} files"
+                )
+
+
+def file_split(
+    records: Sequence[Record], path: str | Path, seed: int | None = None
+) -> tuple[Splits, dict[str, float], int, str]:
+    """Split records by the authors' files; returns the splits, carved fractions, the seed and a note.
+
+    Listed ids absent from ``records`` (missing or broken images) are left out and counted in the note;
+    records listed in no file belong to no split.
+    """
+    ids, note = read_split_file(path)
+    seed = AUTHORS_SEED if seed is None else seed
+    by_id = {r.id: r for r in records}
+    listed = {name: [by_id[i] for i in members if i in by_id] for name, members in ids.items()}
+    missing = sum(len(members) for members in ids.values()) - sum(len(m) for m in listed.values())
+    test = listed["test"]
+    if "val" in listed:
+        splits, fractions = {"train": listed["train"], "val": listed["val"], "test": test}, {}
+    else:
+        test_ids = {r.id for r in test}
+        listed_train = listed.get("train_all")
+        train = [r for r in records if r.id not in test_ids] if listed_train is None else listed_train
+        train, val = _carve_val(train, AUTHORS_VAL_OF_TRAIN, seed)
+        splits, fractions = {"train": train, "val": val, "test": test}, {"val": AUTHORS_VAL_OF_TRAIN}
+        note += f" ({AUTHORS_VAL_OF_TRAIN:g} of train, seed {seed})"
+    if missing:
+        note += f"; {missing} listed ids are not among the dataset's records"
+    return splits, fractions, seed, note
+
+
 def split_records(
     source: ParsedDataset | Sequence[Record],
     kind: str = "official",
@@ -157,10 +308,12 @@ def split_records(
     Args:
         source: A parsed dataset or its records.
         kind: "official" uses ``Record.split`` set by the parser (val carved out of train when the dataset
-            has none); "random" uses :func:`random_split` with ``fractions``.
+            has none); "random" uses :func:`random_split` with ``fractions``; "file:PATH" the authors' split
+            files (:func:`file_split`).
         fractions: (train, val, test) fractions for the random split.
         val_fraction: Fraction of train carved out as val for official splits without a val set.
-        seed: Defaults to 123 for official (pyiqa's AVA convention) and 0 for random splits.
+        seed: Defaults to 123 for official (pyiqa's AVA convention), 0 for random splits and 42 (the
+            authors') for the validation carved out of a split file's train part.
 
     Returns:
         The splits {"train", "val", "test"} and a :class:`SplitInfo`.
@@ -176,8 +329,10 @@ def split_records(
         splits = random_split(records, fractions, seed)
         fracs = dict(zip(SPLIT_NAMES, map(float, fractions), strict=True))
         note = f"random split {fractions}, seed {seed}"
+    elif kind.startswith(FILE_KIND):
+        splits, fracs, seed, note = file_split(records, kind.removeprefix(FILE_KIND), seed)
     else:
-        raise ValueError(f"unknown split kind {kind!r}; use 'official' or 'random'")
+        raise ValueError(f"unknown split kind {kind!r}; use 'official', 'random' or 'file' (--split-file)")
     info = SplitInfo(
         kind=kind,
         seed=seed,

@@ -50,7 +50,7 @@ class DatasetSpec:
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        if self.split not in SPLIT_KINDS:
+        if self.split not in SPLIT_KINDS and not self.split.startswith("file:"):  # file:PATH, see splits
             raise ValueError(f"unknown split {self.split!r} (choose {', '.join(SPLIT_KINDS)})")
 
     def to_dict(self) -> dict:

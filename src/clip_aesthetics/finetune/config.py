@@ -69,7 +69,10 @@ class TrainConfig:
         checks = [
             (self.optimizer in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)}"),
             (self.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}"),
-            (self.split in SPLIT_KINDS, f"--split-kind must be one of {', '.join(SPLIT_KINDS)}"),
+            (
+                self.split in SPLIT_KINDS[:2] or self.split.startswith("file:"),
+                f"--split-kind must be one of {', '.join(SPLIT_KINDS)} (file: with --split-file)",
+            ),
             (self.loss in ("emd", "mse"), "--loss must be emd or mse"),
             (self.batch_size >= 1 and self.accumulate >= 1, "--batch-size and --accumulate must be >= 1"),
             (self.max_epochs >= 1 and self.patience >= 1, "--max-epochs and --patience must be >= 1"),

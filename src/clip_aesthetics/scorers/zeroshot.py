@@ -1,10 +1,17 @@
 """Zero-shot aesthetic scoring with prompt groups (paper section 4.1).
 
-For an image embedding ``f`` and group embeddings ``g+`` and ``g-`` (all L2-normalised) the raw score is
-``raw = 100 * (cos(f, g+) - cos(f, g-))``: CLIP's logit difference between the two groups. It is mapped
-onto 1-10 by ``score = 1 + 9 * sigmoid(raw)``, i.e. 1 + 9 * CLIP's probability that the positive group
-fits better. The mapping is monotonic, so SRCC is that of ``raw``; the binary label is the closer group
-(``raw > 0``, i.e. ``score > 5.5``), as in the paper.
+Two formulas (``formula``) turn an image embedding ``f`` (L2-normalised) and the two groups' per-prompt text
+embeddings ``t`` into ``raw``:
+
+- ``authors`` (Hentschel et al.'s code): each group's *unnormalised* text embeddings are averaged,
+  ``raw = 100 * f . (mean(t+) - mean(t-))``;
+- ``cosine``: each text embedding is normalised, averaged and normalised again (open_clip's ensembling),
+  ``raw = 100 * (cos(f, g+) - cos(f, g-))``: CLIP's logit difference between the groups.
+
+Both mean "the positive group fits better" when ``raw > 0`` (the paper's binary label); they rank images
+almost alike but not identically. ``raw`` is mapped onto 1-10 by ``score = 1 + 9 * sigmoid(raw)``; metrics
+that the paper reports (SRCC, PLCC) are computed on ``raw``. Files written before the choice existed used
+``cosine`` and still load with it.
 """
 
 from __future__ import annotations
@@ -13,14 +20,33 @@ import torch
 from torch.nn import functional as F
 
 from ..backbones import Backbone
-from ..prompts import PromptGroups, default_prompts, encode_texts, group_embedding
+from ..prompts import PromptGroups, default_prompts, encode_texts
 from .base import Calibration, ScoreOutput, Scorer
 from .registry import register_scorer
 
 LOGIT_SCALE = 100.0
+FORMULAS = ("authors", "cosine")
+LEGACY_FORMULA = "cosine"  # what a file without a "formula" entry computed
+
+STRATEGIES = ("ensemble", "context", "content")
 
 
-STRATEGIES = ("ensemble", "context")
+def prompt_vectors(embeddings: torch.Tensor, formula: str) -> torch.Tensor:
+    """Per-prompt text vectors from the text tower's output: as they are (authors) or normalised (cosine)."""
+    check_formula(formula)
+    return embeddings if formula == "authors" else F.normalize(embeddings, dim=-1)
+
+
+def group_vector(embeddings: torch.Tensor, formula: str) -> torch.Tensor:
+    """One vector for a group of prompts (rows of unnormalised text embeddings) under ``formula``."""
+    mean = prompt_vectors(embeddings, formula).mean(dim=0)
+    return mean if formula == "authors" else F.normalize(mean, dim=-1)
+
+
+def check_formula(formula: str) -> str:
+    if formula not in FORMULAS:
+        raise ValueError(f"unknown zero-shot score {formula!r} (choose {', '.join(FORMULAS)})")
+    return formula
 
 
 @register_scorer
@@ -31,7 +57,11 @@ class ZeroShotScorer(Scorer):
         ``ensemble``: each group's text embeddings are averaged (the default and the paper's best);
         ``context``: the groups are aligned per content word (``positive[i]`` and ``negative[i]`` name the
         same ImageNet class); each image is compared with the pair of its best-matching class, found with
-        the neutral ``context_prompts`` ("a picture of a {class}").
+        the neutral ``context_prompts`` ("a picture of a {class}");
+        ``content``: the authors' content mode: the image's best prompt of each group,
+        ``raw = 100 * (max_i f . t+_i - max_j f . t-_j)``, so the label is the group of the best of all
+        prompts (argmax over both groups).
+    ``formula``: ``authors`` or ``cosine`` (see the module docstring); every text vector follows it.
     """
 
     method = "zeroshot"
@@ -44,6 +74,7 @@ class ZeroShotScorer(Scorer):
         recipe: dict | None = None,
         strategy: str = "ensemble",
         context_prompts: tuple[str, ...] | None = None,
+        formula: str = "cosine",
     ) -> None:
         super().__init__(backbone, calibration)
         if not backbone.has_text:
@@ -51,18 +82,23 @@ class ZeroShotScorer(Scorer):
         if strategy not in STRATEGIES:
             raise ValueError(f"unknown zero-shot strategy {strategy!r} (choose {', '.join(STRATEGIES)})")
         self.prompts = prompts or default_prompts()
+        self.formula = check_formula(formula)
         self.recipe, self.strategy, self.context_prompts = recipe, strategy, context_prompts
         positive, negative = (
-            encode_texts(backbone, texts) for texts in (self.prompts.positive, self.prompts.negative)
+            encode_texts(backbone, texts, normalize=False)
+            for texts in (self.prompts.positive, self.prompts.negative)
         )
         if strategy == "context":
             if context_prompts is None or not len(positive) == len(negative) == len(context_prompts):
                 raise ValueError(
                     "the context strategy needs equally long positive, negative and context prompts"
                 )
-            self.register_buffer("contexts", encode_texts(backbone, context_prompts).to(backbone.device))
+            contexts = encode_texts(backbone, context_prompts, normalize=False)
+            self.register_buffer("contexts", prompt_vectors(contexts, formula).to(backbone.device))
+        if strategy == "ensemble":
+            positive, negative = group_vector(positive, formula), group_vector(negative, formula)
         else:
-            positive, negative = group_embedding(positive), group_embedding(negative)
+            positive, negative = prompt_vectors(positive, formula), prompt_vectors(negative, formula)
         self.register_buffer("positive", positive.to(backbone.device))
         self.register_buffer("negative", negative.to(backbone.device))
 
@@ -78,6 +114,8 @@ class ZeroShotScorer(Scorer):
             best = (features @ self.contexts.float().T).argmax(dim=-1)
             positive, negative = positive[best], negative[best]
             similarity = (features * (positive - negative)).sum(dim=-1)
+        elif self.strategy == "content":
+            similarity = (features @ positive.T).amax(dim=-1) - (features @ negative.T).amax(dim=-1)
         else:
             similarity = features @ positive - features @ negative
         raw = LOGIT_SCALE * similarity
@@ -90,6 +128,7 @@ class ZeroShotScorer(Scorer):
             "strategy": self.strategy,
             "context_prompts": list(self.context_prompts) if self.context_prompts else None,
             "recipe": self.recipe,
+            "formula": self.formula,
             "logit_scale": LOGIT_SCALE,
         }
 
@@ -104,4 +143,5 @@ class ZeroShotScorer(Scorer):
             config.get("recipe"),
             strategy=config.get("strategy", "ensemble"),
             context_prompts=context,
+            formula=config.get("formula", LEGACY_FORMULA),
         )

@@ -17,13 +17,15 @@ class ScorerRecipe:
     model: str | None = None
     pretrained: str | None = None
     prompts: PromptGroups | None = None
+    formula: str | None = None  # the zero-shot score (--zeroshot-score)
 
     def build(self, device: str | None = None):
         from ..scoring import build_scorer
 
         return build_scorer(
-            self.source, model=self.model, pretrained=self.pretrained, prompts=self.prompts, device=device
-        )
+            self.source, model=self.model, pretrained=self.pretrained, prompts=self.prompts, device=device,
+            formula=self.formula,
+        )  # fmt: skip
 
 
 @dataclass
