@@ -17,7 +17,8 @@ import json
 import os
 import re
 import threading
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -31,6 +32,47 @@ def _umask() -> int:
     return mask
 
 
+def name_max(folder: str | os.PathLike) -> int:
+    """The longest file name (bytes) the file system of ``folder`` (or its nearest existing parent) takes."""
+    folder = Path(folder)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return 255
+
+
+def sibling_path(path: str | os.PathLike, prefix: str, suffix: str) -> Path:
+    """``prefix + name + suffix`` beside ``path``, shortened to fit the file system's name limit.
+
+    Work files (``.ranked.csv.parts``, ``.ranked.csv.lock``, temporaries) and companion outputs
+    (``ranked.errors.csv``) add to a name the user chose; any name the file system accepts must still
+    work. A name that would be too long keeps its beginning plus a digest of the whole name, so two long
+    names never share a sibling.
+    """
+    path = Path(path)
+    name, limit = path.name, name_max(path.parent)
+    full = f"{prefix}{name}{suffix}"
+    if len(os.fsencode(full)) <= limit:
+        return path.with_name(full)
+    digest = "~" + hashlib.sha256(os.fsencode(name)).hexdigest()[:12]
+    room = limit - len(os.fsencode(f"{prefix}{digest}{suffix}"))
+    head = os.fsencode(name)[: max(room, 0)].decode("utf-8", "ignore")  # never half a UTF-8 character
+    return path.with_name(f"{prefix}{head}{digest}{suffix}")
+
+
+def _temporary_for(path: Path) -> Path:
+    return sibling_path(path, ".", f".tmp{os.getpid()}.{threading.get_native_id()}")
+
+
+def _publish(tmp: Path) -> None:
+    """Make a finished temporary durable and readable like any new file, before it is renamed."""
+    with open(tmp, "rb") as handle:  # on disk before the rename, so a crash cannot leave a short file
+        os.fsync(handle.fileno())
+    os.chmod(tmp, 0o666 & ~_umask())  # some writers create 0600 files; outputs follow the umask
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it is fsynced and renamed onto ``path``.
@@ -39,15 +81,43 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     On any exception the temporary file is removed and ``path`` keeps its previous content.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.{threading.get_ident()}")
+    tmp = _temporary_for(path)
     try:
         yield tmp
-        with open(tmp, "rb") as handle:  # on disk before the rename, so a crash cannot leave a short file
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # some writers create 0600 files; outputs follow the umask
+        _publish(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def replace_together(writes: dict[Path, Callable[[Path], Any]], remove: Iterable[Path] = ()) -> list[Path]:
+    """Write several files as one: all are replaced, or none is (and ``remove`` is left alone too).
+
+    ``writes`` maps each destination to a function that writes a given temporary path. Every file is
+    written and fsynced before the first rename, so a full disk or any error while writing leaves all the
+    previous files as they were; the OSError then names the file that failed. After the renames the
+    files in ``remove`` (companions the new outputs no longer have) are deleted.
+    """
+    temporaries = {path: _temporary_for(path) for path in writes}
+    try:
+        for path, write in writes.items():
+            try:
+                write(temporaries[path])
+                _publish(temporaries[path])
+            except OSError as exc:
+                failed = OSError(
+                    f"cannot write {text_name(path)}: {exc.strerror or exc}; no output was replaced"
+                )
+                failed.errno = exc.errno
+                raise failed from None
+        for path, tmp in temporaries.items():
+            os.replace(tmp, path)
+    finally:
+        for tmp in temporaries.values():
+            tmp.unlink(missing_ok=True)
+    for path in remove:
+        Path(path).unlink(missing_ok=True)
+    return list(writes)
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO], Any], *, binary: bool = False) -> Path:
@@ -158,8 +228,8 @@ def check_writable(path: str | os.PathLike) -> Path:
         raise IsADirectoryError(f"{path} is a folder; expected a file name")
     folder = path.parent
     if not folder.is_dir():
-        raise FileNotFoundError(f"folder not found: {folder} (for {path.name})")
-    probe = folder / f".{path.name}.writable{os.getpid()}"
+        raise FileNotFoundError(f"folder not found: {text_name(folder)} (for {text_name(path.name)})")
+    probe = sibling_path(folder / path.name, ".", f".writable{os.getpid()}")
     try:
         probe.touch()
     except OSError as exc:
@@ -201,13 +271,14 @@ def name_from_text(text: str) -> str:
 def check_outputs(*paths: str | os.PathLike | None) -> None:
     """Refuse, before any work, output files that could only fail after it.
 
-    Each given path must not be a folder, must be distinct from the others, and must be writable (its
-    folder, or the nearest existing folder above it: writers create the missing ones), see
-    :func:`check_writable`.
+    Each given path must not be a folder, must be distinct from the others, and must be writable (see
+    :func:`check_writable`). Its own folder may be missing (the writers create it, as ``mkdir`` would:
+    ``-o results/ranked.csv``), but not the folder above: a typo in a path (``/nonexistent/dir/x.csv``)
+    is an error, never a new tree of folders.
 
     Raises:
         ValueError: two paths name the same file.
-        OSError: a path is a folder or could not be created.
+        OSError: a path is a folder, the folder above its folder does not exist, or it is not writable.
     """
     files = [Path(p) for p in paths if p is not None]
     resolved = [os.path.realpath(p) for p in files]
@@ -216,6 +287,111 @@ def check_outputs(*paths: str | os.PathLike | None) -> None:
             raise ValueError(f"two outputs name the same file {text_name(files[i])}: give each its own name")
     for path in files:
         folder = path.parent
-        while not folder.exists() and folder != folder.parent:
-            folder = folder.parent
-        check_writable(path if folder == path.parent else folder / path.name)
+        if folder.exists() or not folder.parent.is_dir():
+            check_writable(path)  # its folder, or the error naming the missing one above it
+        else:
+            check_writable(folder.parent / path.name)
+
+
+RACY_NS = 2_000_000_000  # mtimes this close to "now" may not change on a second write (coarse clocks)
+
+
+def file_fingerprint(path: str | os.PathLike) -> tuple[int | None, int | None, int | None, str | None]:
+    """``(size, mtime_ns, inode, sha256)`` of a file as it is now; all None if it cannot be read.
+
+    Size, mtime and inode change whenever a file is rewritten or replaced, except within one tick of a
+    coarse file-system clock: for a file modified in the last two seconds (or "in the future") they are
+    not trustworthy, and its content hash is recorded too (the racy case git's index handles the same way).
+    """
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None, None, None, None
+    racy = abs(time.time_ns() - stat.st_mtime_ns) < RACY_NS
+    return stat.st_size, stat.st_mtime_ns, stat.st_ino, _content_sha256(path) if racy else None
+
+
+def unchanged_since(path: str | os.PathLike, recorded: tuple) -> bool:
+    """Whether ``path`` still holds what :func:`file_fingerprint` recorded (the hash is compared if kept)."""
+    size, mtime_ns, inode, sha = recorded
+    if size is None:  # missing then: unchanged while it is still missing
+        return not os.path.exists(path)
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return False
+    if (stat.st_size, stat.st_mtime_ns, stat.st_ino) != (size, mtime_ns, inode):
+        return False
+    return sha is None or _content_sha256(path) == sha
+
+
+def _content_sha256(path: str | os.PathLike) -> str | None:
+    sha = hashlib.sha256()
+    try:
+        with open(path, "rb") as handle:
+            while chunk := handle.read(_DIGEST_CHUNK):
+                sha.update(chunk)
+    except OSError:
+        return None
+    return sha.hexdigest()
+
+
+class OutputBusyError(RuntimeError):
+    """Another process is writing the same output."""
+
+
+class OutputLock:
+    """One writer per output: an exclusive ``flock`` on ``.NAME.lock`` beside it, holding the owner's pid.
+
+    The kernel releases the lock when its process dies (a kill leaves no stale lock to clean up by hand);
+    the file is removed on release. A lock taken on a file another process has just removed is retried on
+    the new file, so two runs can never both hold one.
+    """
+
+    def __init__(self, output: str | os.PathLike) -> None:
+        self.output = Path(output)
+        self.path = sibling_path(self.output, ".", ".lock")
+        self._handle: IO | None = None
+
+    def acquire(self) -> OutputLock:
+        import fcntl
+
+        while self._handle is None:
+            handle = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 (held until release)
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                owner = handle.read().strip() or "unknown"
+                handle.close()
+                raise OutputBusyError(
+                    f"{text_name(self.output)} is being written by another clip-aesthetics run "
+                    f"(pid {owner}); wait for it to finish or choose another --output"
+                ) from None
+            if _same_file(handle, self.path):
+                handle.truncate(0)
+                handle.write(f"{os.getpid()}\n")
+                handle.flush()
+                self._handle = handle
+            else:  # released and removed by its owner after we opened it: lock the current file
+                handle.close()
+        return self
+
+    def release(self) -> None:
+        if self._handle is not None:
+            self.path.unlink(missing_ok=True)  # while still locked: a waiter then sees another file
+            self._handle.close()
+            self._handle = None
+
+    def __enter__(self) -> OutputLock:
+        return self.acquire()
+
+    def __exit__(self, *exc_info) -> None:
+        self.release()
+
+
+def _same_file(handle: IO, path: Path) -> bool:
+    try:
+        return os.path.samestat(os.fstat(handle.fileno()), os.stat(path))
+    except OSError:
+        return False

@@ -8,17 +8,25 @@ Beside the output (``ranked.csv``) a hidden work folder ``.ranked.csv.parts/`` h
                         error, and the embedding with --embeddings
     part-000001.parquet inputs [P, 2P), ...
 
+Each row of an image run also records its file as it was just before it was read (size, mtime, inode,
+and the content hash of a file modified moments before, see :func:`~clip_aesthetics.fileio.file_fingerprint`).
+A rerun checks the finished parts against the files: the batches holding an input that changed since it was
+scored are scored again (whole batches, so every image keeps its batch), and the rerun says how many.
+
 A part file is written atomically once all its inputs are done, so memory holds at most one part of rows
 and a kill loses at most the parts in progress. The part size is a multiple of the batch size and a
 resumed run processes whole missing parts in order, so every image lands in the same batch as in an
 uninterrupted run: the final rows are identical. At the end the parts are ranked (one Arrow table of the
-scalar columns), the ranked file, the errors file and the embeddings file are written atomically, and the
-work folder is removed. A killed run therefore never leaves a ranked file that looks finished, and the
-previous one stays intact until the new one replaces it.
+scalar columns), the ranked file, the errors file and the embeddings file are replaced together (all or
+none; a previous run's errors or embeddings file that this run has no counterpart for is removed), and
+the work folder is removed. A killed run therefore never leaves a ranked file that looks finished, and
+the previous one stays intact until the new one replaces it. One run at a time owns an output: a second
+one is refused at once, naming the first one's pid (``.ranked.csv.lock``, see ``fileio.OutputLock``).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -36,7 +44,17 @@ import pyarrow.parquet as pq
 
 from . import __version__
 from .features.cache import _first_difference
-from .fileio import atomic_path, atomic_write_json, check_outputs, text_name
+from .fileio import (
+    OutputLock,
+    atomic_path,
+    atomic_write_json,
+    check_outputs,
+    file_fingerprint,
+    replace_together,
+    sibling_path,
+    text_name,
+    unchanged_since,
+)
 from .scoring import (
     BASE_COLUMNS,
     NON_FINITE,
@@ -44,7 +62,7 @@ from .scoring import (
     check_output_format,
     embeddings_path_for,
     errors_path_for,
-    write_table,
+    write_table_to,
 )
 
 PARTS_FORMAT = "clip-aesthetics-score-parts"
@@ -52,6 +70,7 @@ EMBEDDINGS_FORMAT = "clip-aesthetics-embeddings"
 METADATA_KEY = b"clip_aesthetics"
 STATE = "state.json"
 DEFAULT_PART_ROWS = 1024  # about a minute of CPU scoring: what a kill can lose
+FINGERPRINT = ("size", "mtime_ns", "inode", "sha256")  # an input file as it was scored
 
 
 class ScoreInterrupted(Exception):
@@ -70,8 +89,7 @@ class ScoreInterrupted(Exception):
 
 def parts_folder_for(output: str | os.PathLike) -> Path:
     """``ranked.csv`` -> ``.ranked.csv.parts``: the hidden work folder beside the output."""
-    output = Path(output)
-    return output.with_name(f".{output.name}.parts")
+    return sibling_path(output, ".", ".parts")
 
 
 def default_part_rows(batch_size: int) -> int:
@@ -98,6 +116,8 @@ class RunResult:
     top_rows: list[dict]
     errors: list[dict]
     written: list[Path] = field(default_factory=list)
+    removed: list[Path] = field(default_factory=list)  # a previous run's errors/embeddings file, now stale
+    n_changed: int = 0  # inputs of the interrupted run that changed since they were scored (rescored)
     rows: list[dict] | None = None  # every ranked row, only when asked (the HTML report)
 
     @property
@@ -183,13 +203,53 @@ class PartStore:
         for k in range(self.n_parts):
             yield pq.read_table(self.part_path(k), columns=columns)
 
+    def changed_inputs(self, names: Sequence[str]) -> list[int]:
+        """Positions in finished parts whose file is no longer what was scored (or was never recorded)."""
+        changed = []
+        for k in sorted(self.done):
+            table = pq.read_table(self.part_path(k))
+            if not set(FINGERPRINT) <= set(table.column_names):
+                changed.extend(self.part_range(k))
+                continue
+            columns = [table[c].to_pylist() for c in ("position", *FINGERPRINT)]
+            for position, *recorded in zip(*columns, strict=True):
+                if not unchanged_since(names[position], tuple(recorded)):
+                    changed.append(position)
+        return changed
+
+    def rows(self, k: int) -> dict[int, dict]:
+        """The rows of finished part ``k`` by position, as :class:`PartWriter` collects them."""
+        table = pq.read_table(self.part_path(k))
+        names = [c for c in table.column_names if c not in ("position", "path")]
+        data = {c: table[c].to_pylist() if c != "embedding" else _embedding_rows(table[c]) for c in names}
+        return {
+            position: {c: data[c][i] for c in names}
+            for i, position in enumerate(table["position"].to_pylist())
+        }
+
 
 class PartWriter:
-    """Collects batch results per part (by position) and writes each part once all its inputs are in."""
+    """Collects batch results per part (by position) and writes each part once all its inputs are in.
 
-    def __init__(self, store: PartStore, names: Sequence[str], order: Sequence[int], feature_dim: int | None):
+    ``fingerprints`` (image runs) maps each position of ``order`` to its file's fingerprint, taken before
+    the file was read; a finished part that is being partly rescored is ``reopen``-ed with its other rows.
+    """
+
+    def __init__(
+        self,
+        store: PartStore,
+        names: Sequence[str],
+        order: Sequence[int],
+        feature_dim: int | None,
+        fingerprints: dict[int, tuple] | None = None,
+    ):
         self.store, self.names, self.order, self.feature_dim = store, names, order, feature_dim
+        self.fingerprints = fingerprints
         self.open: dict[int, dict[int, dict]] = {}
+
+    def reopen(self, k: int, keep: set[int]) -> None:
+        """Start part ``k`` from its finished rows at the positions in ``keep`` (the others are redone)."""
+        self.open[k] = {i: row for i, row in self.store.rows(k).items() if i in keep}
 
     def add(self, batch: ScoredBatch) -> None:
         """Record a batch whose positions index ``order`` (the pending inputs of this run)."""
@@ -210,6 +270,8 @@ class PartWriter:
             )
 
     def _put(self, index: int, row: dict) -> None:
+        if self.fingerprints is not None:
+            row.update(zip(FINGERPRINT, self.fingerprints[index], strict=True))
         k = index // self.store.part_rows
         part = self.open.setdefault(k, {})
         part[index] = row
@@ -229,7 +291,17 @@ class PartWriter:
         }
         if self.feature_dim is not None:
             columns["embedding"] = _embedding_array([r.get("embedding") for r in rows], self.feature_dim)
+        if self.fingerprints is not None:
+            types = (pa.int64(), pa.int64(), pa.uint64(), pa.string())
+            columns.update(
+                {c: pa.array([r[c] for r in rows], t) for c, t in zip(FINGERPRINT, types, strict=True)}
+            )
         return pa.table(columns)
+
+
+def _embedding_rows(column: pa.ChunkedArray) -> list[np.ndarray | None]:
+    """An embedding column back to one float32 vector (or None) per row."""
+    return [None if v is None else np.asarray(v, np.float32) for v in column.to_pylist()]
 
 
 def _embedding_array(vectors: list[np.ndarray | None], dim: int) -> pa.Array:
@@ -287,6 +359,8 @@ class ScoreRun:
 
     ``batches(order)`` produces the :class:`ScoredBatch` results of the inputs at ``order`` (positions into
     ``names``), batch by batch; e.g. :func:`~clip_aesthetics.scoring.iter_scored` over those files.
+    ``order`` is always made of whole batches of ``batch_size`` (default: whole parts). With
+    ``files=True`` the names are files, fingerprinted before they are read and checked on a rerun.
     """
 
     def __init__(
@@ -301,21 +375,51 @@ class ScoreRun:
         feature_dim: int | None = None,
         embedding_info: dict | None = None,
         overwrite: bool = False,
+        batch_size: int | None = None,
+        files: bool = False,
+        keep_file: Path | None = None,
     ) -> None:
         outputs.validate()
         self.names, self.outputs, self.threshold = names, outputs, label_threshold
         self.feature_dim = feature_dim if outputs.embeddings else None
         self.embedding_info = embedding_info or {}
+        self.batch_size, self.files, self.keep_file = batch_size or part_rows, files, keep_file
+        self.changed: list[int] = []
+        self.removed: list[Path] = []
+        if part_rows % self.batch_size:
+            raise ValueError(f"part size {part_rows} is not a multiple of the batch size {self.batch_size}")
         state = run_state(scorer_config, names, {**options, "embeddings": outputs.embeddings}, part_rows)
         folder = outputs.parts_folder()
         self._tmp = None if folder is not None else tempfile.TemporaryDirectory(prefix="clip-aesthetics-")
         self.folder = folder if folder is not None else Path(self._tmp.name) / "parts"
-        self.store = PartStore(self.folder, state, len(names), overwrite=overwrite)
+        anchor = outputs.output or outputs.html
+        if anchor is not None:
+            anchor.parent.mkdir(exist_ok=True)  # validate() allowed one missing folder level, no more
+        self._lock = OutputLock(anchor).acquire() if anchor is not None else None
+        try:
+            self.store = PartStore(self.folder, state, len(names), overwrite=overwrite)
+            self.changed = self.store.changed_inputs(names) if files else []
+        except BaseException:
+            self.close()
+            raise
 
     @property
     def n_done(self) -> int:
-        """Inputs already scored by an earlier, interrupted run with the same settings."""
-        return self.store.n_done
+        """Inputs already scored by an earlier, interrupted run with the same settings (and unchanged)."""
+        return self.store.n_done - len(self.changed)
+
+    def _order(self) -> tuple[list[int], dict[int, set[int]]]:
+        """Positions to score (the missing parts, and whole batches holding a changed input), and for each
+        finished part that is partly redone, the positions it keeps."""
+        redo: set[int] = set()
+        for batch in sorted({i // self.batch_size for i in self.changed}):
+            redo.update(range(batch * self.batch_size, min(len(self.names), (batch + 1) * self.batch_size)))
+        kept = {}
+        for i in redo:
+            k = i // self.store.part_rows
+            kept.setdefault(k, set(self.store.part_range(k)))
+            kept[k].discard(i)
+        return sorted(redo.union(self.store.pending_positions)), kept
 
     def run(self, batches, *, top: int = 10, keep_rows: bool = False) -> RunResult:
         """Score the pending inputs, then write the outputs.
@@ -324,24 +428,34 @@ class ScoreRun:
             ScoreInterrupted: on KeyboardInterrupt (SIGINT), saying how many results the parts keep.
         """
         start, resumed = time.perf_counter(), self.n_done
-        order = self.store.pending_positions
-        writer = PartWriter(self.store, self.names, order, self.feature_dim)
+        order, kept = self._order()
+        # each file as it is before it is read: a change while it is being scored shows on the next run
+        fingerprints = {i: file_fingerprint(self.names[i]) for i in order} if self.files else None
+        writer = PartWriter(self.store, self.names, order, self.feature_dim, fingerprints)
+        for k, keep in kept.items():
+            writer.reopen(k, keep)
         try:
             for batch in batches(order):
                 writer.add(batch)
             result = self._finish(top, keep_rows)
         except KeyboardInterrupt:
-            kept = self.store.n_done
+            kept_rows = self.store.n_done
             self.close()
             raise ScoreInterrupted(
-                kept, len(self.names), self.folder if self._tmp is None else None
+                kept_rows, len(self.names), self.folder if self._tmp is None else None
             ) from None
+        finally:
+            self.close()
         result.n_resumed, result.seconds = resumed, time.perf_counter() - start
+        result.n_changed = len(self.changed)
         return result
 
     def close(self) -> None:
+        """Give the output up to other runs (parts stay for a rerun); remove a temporary work folder."""
         if self._tmp is not None:
             self._tmp.cleanup()
+        if self._lock is not None:
+            self._lock.release()
 
     def _finish(self, top: int, keep_rows: bool) -> RunResult:
         missing = self.store.n_parts - len(self.store.done)
@@ -359,7 +473,6 @@ class ScoreRun:
         ]
         written = self._write_outputs(ranked, errors)
         self.store.clear()
-        self.close()
         return RunResult(
             n_inputs=len(self.names),
             n_scored=ranked.num_rows,
@@ -368,30 +481,39 @@ class ScoreRun:
             top_rows=ranked.slice(0, top).to_pylist(),
             errors=errors,
             written=written,
+            removed=self.removed,
             rows=ranked.to_pylist() if keep_rows else None,
         )
 
     def _write_outputs(self, ranked: pa.Table, errors: list[dict]) -> list[Path]:
-        output, written = self.outputs.output, []
+        """The ranked, errors and embeddings files, replaced together; a previous run's companions that
+        this run has none of are removed (they would describe other results)."""
+        output = self.outputs.output
         if output is None:
-            return written
-        written.append(write_table(ranked, output))
-        errors_file = errors_path_for(output)
+            return []
+        writes = {output: functools.partial(write_table_to, ranked, suffix=output.suffix)}
+        stale = []
+        errors_file, embeddings_file = errors_path_for(output), embeddings_path_for(output)
         if errors:
-            written.append(write_table(pa.Table.from_pylist(errors), errors_file))
+            writes[errors_file] = functools.partial(
+                write_table_to, pa.Table.from_pylist(errors), suffix=errors_file.suffix
+            )
         else:
-            errors_file.unlink(missing_ok=True)  # a previous run's list would now be wrong
+            stale.append(errors_file)
         if self.outputs.embeddings:
-            written.append(self._write_embeddings(embeddings_path_for(output)))
-        return written
+            writes[embeddings_file] = self._write_embeddings
+        elif self.keep_file is None or not _same_path(self.keep_file, embeddings_file):
+            stale.append(embeddings_file)  # never the embeddings file this run is scoring
+        self.removed = [p for p in stale if p.is_file()]
+        return replace_together(writes, remove=self.removed)
 
-    def _write_embeddings(self, path: Path) -> Path:
+    def _write_embeddings(self, tmp: Path) -> None:
         """Scored inputs' embeddings in input order, one part at a time: ``path`` (text) + ``embedding``."""
         schema = pa.schema(
             [("path", pa.string()), ("embedding", pa.list_(pa.float32(), self.feature_dim))],
             metadata={METADATA_KEY: json.dumps({"format": EMBEDDINGS_FORMAT, **self.embedding_info})},
         )
-        with atomic_path(path) as tmp, pq.ParquetWriter(tmp, schema) as parquet:
+        with pq.ParquetWriter(tmp, schema) as parquet:
             for part in self.store.tables(["path", "embedding", "error"]):
                 part = part.filter(pc.is_null(part["error"]))
                 names = [text_name(os.fsdecode(p)) for p in part["path"].to_pylist()]
@@ -400,7 +522,10 @@ class ScoreRun:
                         {"path": pa.array(names, pa.string()), "embedding": part["embedding"]}, schema=schema
                     )
                 )
-        return path
+
+
+def _same_path(a: Path, b: Path) -> bool:
+    return os.path.realpath(a) == os.path.realpath(b)
 
 
 def _empty_parts() -> pa.Table:

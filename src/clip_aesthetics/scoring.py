@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .fileio import atomic_path, atomic_write, text_name
+from .fileio import atomic_path, sibling_path, text_name
 from .images import DEFAULT_MAX_PIXELS, ImageSource, iter_batches
 from .prompts import PromptGroups
 from .scorers.base import ScoreOutput, Scorer, resolve_precision
@@ -241,18 +241,25 @@ def write_table(table, path: str | os.PathLike, chunk_rows: int = 65536) -> Path
     """
     path = check_output_format(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = path.suffix.lower()
-    table = _text_paths(table)
+    with atomic_path(path) as tmp:
+        write_table_to(table, tmp, suffix=path.suffix, chunk_rows=chunk_rows)
+    return path
+
+
+def write_table_to(table, file: str | os.PathLike, *, suffix: str, chunk_rows: int = 65536) -> None:
+    """Write an Arrow table to ``file`` (not atomically: a temporary) in the format ``suffix`` names."""
+    suffix, table = suffix.lower(), _text_paths(table)
     if suffix == ".parquet":
         import pyarrow.parquet as pq
 
-        with atomic_path(path) as tmp:
-            pq.write_table(table, tmp)
-        return path
+        pq.write_table(table, file)
+        return
     chunks = (rows for batch in table.to_batches(max_chunksize=chunk_rows) for rows in [batch.to_pylist()])
-    if suffix == ".csv":
-        return atomic_write(path, lambda handle: _write_csv(handle, table.column_names, chunks))
-    return atomic_write(path, lambda handle: _write_jsonl(handle, chunks))
+    with open(file, "w", encoding="utf-8", newline="") as handle:
+        if suffix == ".csv":
+            _write_csv(handle, table.column_names, chunks)
+        else:
+            _write_jsonl(handle, chunks)
 
 
 def _write_csv(handle, columns: list[str], chunks: Iterable[list[dict]]) -> None:
@@ -281,15 +288,17 @@ def _text_paths(table):
 
 
 def errors_path_for(output: str | os.PathLike) -> Path:
-    """``ranked.csv`` -> ``ranked.errors.csv``: where a run lists the files it could not score."""
+    """``ranked.csv`` -> ``ranked.errors.csv``: where a run lists the files it could not score.
+
+    (A name too long for the file system with the suffix keeps its start plus a digest.)"""
     output = Path(output)
-    return output.with_name(f"{output.stem}.errors.csv")
+    return sibling_path(output.with_name(output.stem), "", ".errors.csv")
 
 
 def embeddings_path_for(output: str | os.PathLike) -> Path:
     """``ranked.csv`` -> ``ranked.embeddings.parquet``: the image embeddings of a run, by path."""
     output = Path(output)
-    return output.with_name(f"{output.stem}.embeddings.parquet")
+    return sibling_path(output.with_name(output.stem), "", ".embeddings.parquet")
 
 
 def build_scorer(

@@ -217,10 +217,16 @@ def score(
         feature_dim=scorer.backbone.feature_dim,
         embedding_info={"backbone": scorer.backbone.describe(), **options},
         overwrite=overwrite,
+        batch_size=batch_size,
+        files=not stored,
+        keep_file=from_embeddings,
     )
-    if run.n_done:
+    if run.n_done or run.changed:
+        changed = (
+            f"; {len(run.changed)} changed since they were scored and are scored again" if run.changed else ""
+        )
         err_console.print(
-            f"continuing an interrupted run: {run.n_done} of {len(names)} already scored "
+            f"continuing an interrupted run: {run.n_done} of {len(names)} already scored{changed} "
             f"(in {text_name(run.folder)}; --overwrite starts over)"
         )
     try:
@@ -314,4 +320,6 @@ def _summary(result, top: int) -> None:
     line += f", {result.seconds:.1f} s, {result.images_per_second:.1f} images/s"
     if result.written:
         line += "; wrote " + ", ".join(text_name(p) for p in result.written)
+    if result.removed:
+        line += "; removed the previous run's " + ", ".join(text_name(p) for p in result.removed)
     console.print(line)
