@@ -86,7 +86,7 @@ def make_shards(folder: Path, per_tar: int = 3) -> ShardSet:
     last = encoded(99)
     members.append(("c999.jpg", last))
     keys["00002"].append("c999")
-    errors["00002", "c999"] = "truncated"
+    errors["00002", "c999"] = "torn tar"
     full = io.BytesIO()
     write_tar(folder / "00002.tar", members)
     full = (folder / "00002.tar").read_bytes()

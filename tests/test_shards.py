@@ -117,17 +117,22 @@ def test_cli_scores_shards_into_a_folder(
     result = run(
         "score", *shard_set.inputs, "-m", tiny_clip_spec, *PROMPT_ARGS, "-o", f"{out}/", "--workers", "2"
     )
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output  # 00002.tar is torn: its rows are kept, the run says so
     rows = read_folder(out)
     assert_scores_match(rows, shard_set, expected)
     first = pq.read_table(out / "00000.parquet")
-    assert first.column_names == ["key", "shard", "score", "label", "raw", "error"]
+    assert first.column_names == [
+        "key", "shard", "pos", "score", "label", "raw", "error", "digest", "url", "caption", "width", "height"
+    ]  # fmt: skip
     assert set(first.column("shard").to_pylist()) == {str(shard_set.tars[0])}
     manifest = json.loads((out / "_manifest.json").read_text())
     scores = np.array([r["score"] for rs in rows.values() for r in rs if r["score"] is not None])
     assert manifest["samples"] == sum(map(len, shard_set.keys.values()))
     assert manifest["scored"] == len(scores) and manifest["unreadable"] == len(shard_set.errors)
-    assert manifest["shards"] == {"total": 4, "written": 4, "failed": []}
+    assert {k: manifest["shards"][k] for k in ("total", "written", "failed")} == {
+        "total": 4, "written": 4, "failed": []
+    }  # fmt: skip
+    assert [t["shard"] for t in manifest["shards"]["torn"]] == [str(shard_set.tars[2])]
     assert manifest["score"]["mean"] == pytest.approx(scores.mean(), abs=1e-6)
     assert manifest["score"]["max"] == pytest.approx(scores.max(), abs=1e-6)
     for p in (10, 50, 90):
@@ -184,14 +189,14 @@ def test_another_scorer_is_refused_not_mixed(
 ) -> None:
     out = tmp_path / "scores"
     args = ["score", *shard_set.inputs, "-m", tiny_clip_spec, "-o", f"{out}/", "--workers", "0"]
-    assert run(*args, *PROMPT_ARGS).exit_code == 0
+    assert run(*args, *PROMPT_ARGS).exit_code == 1  # the torn 00002.tar
     (out / "00001.parquet").unlink()  # as if killed before this shard
     before = stats(out)
     other = run(*args, "--positive", "a vivid photo", "--negative", "a dull photo")
     assert other.exit_code == 2 and "another scorer" in other.output
     assert stats(out) == before and not (out / "00001.parquet").exists()
     redone = run(*args, "--positive", "a vivid photo", "--negative", "a dull photo", "--overwrite")
-    assert redone.exit_code == 0, redone.output
+    assert redone.exit_code == 1, redone.output
     ids = {
         json.loads(pq.read_schema(p).metadata[b"clip_aesthetics"])["scorer_id"] for p in out.glob("*.parquet")
     }
@@ -236,7 +241,7 @@ def test_distribution_head_writes_pred_columns(
     out = tmp_path / "scores"
     score_shards([str(shard_set.tars[1])], str(out), scorer, EngineOptions(workers=0, precision="fp32"))
     table = pq.read_table(out / "00001.parquet")
-    assert table.column_names[5:15] == [f"pred_{k}" for k in range(1, 11)]
+    assert table.column_names[6:16] == [f"pred_{k}" for k in range(1, 11)]
     model, _, preprocess = open_clip.create_model_and_transforms(tiny_clip_spec)
     for row in table.to_pylist():
         image = preprocess(Image.open(shard_set.images["00001", row["key"]])).unsqueeze(0)
@@ -344,7 +349,7 @@ def test_filter_writes_new_shards(scored: Path, shard_set: ShardSet, tmp_path: P
     assert result.exit_code == 0, result.output
     want = {(Path(shard).name, key) for (shard, key), s in scores.items() if s >= cut}
     got = set()
-    for path in sorted(out.iterdir()):
+    for path in [*sorted(out.glob("0*.tar")), out / "data.parquet"]:
         got |= {(path.name, s.key) for s in iter_shard(Shard(str(path)))}
         for sample in iter_shard(Shard(str(path))):  # the images are the source's bytes
             name = Shard(str(path)).name

@@ -150,9 +150,20 @@ def score(
     ),
     engine: str = typer.Option("local", help="Shards: local (worker processes) or ray (Ray Data)."),
     ray_address: str = typer.Option(None, help="Shards, ray: cluster address (auto, ray://host:10001)."),
-    actors: int = typer.Option(1, min=1, help="Shards, ray: scorer actors (one model copy each)."),
+    ray_timeout: float = typer.Option(
+        60.0, min=1.0, help="Shards, ray: seconds to wait for --ray-address before giving up."
+    ),
+    actors: int = typer.Option(
+        None, min=1, help="Shards, ray: scorer actors, one model copy each (default: from the cluster)."
+    ),
     gpus_per_actor: float = typer.Option(0.0, min=0.0, help="Shards, ray: GPUs per scorer actor."),
-    cpus_per_actor: float = typer.Option(1.0, min=0.0, help="Shards, ray: CPUs per scorer actor."),
+    cpus_per_actor: float = typer.Option(
+        None, min=0.0, help="Shards, ray: CPUs (= torch threads) per actor (default: from the cluster)."
+    ),
+    metadata: str = typer.Option(
+        "url,caption,width,height",
+        help="Shards: fields of each sample's .json (Parquet: columns) kept in the score rows; '' for none.",
+    ),
     image_column: str = typer.Option(
         None, help="Shards, Parquet: the image-bytes column (default: jpg, ...)."
     ),
@@ -171,6 +182,7 @@ def score(
 
     groups = prompt_groups(positive, negative, prompts, contents)
     check_scorer_file_options(scorer_file, model, pretrained, groups)
+    check_zeroshot_score(scorer_file, zeroshot_score)
     if wants_shard_mode(paths or [], output):
         from ..shards.options import EngineOptions, ScorerRecipe
 
@@ -182,8 +194,8 @@ def score(
             engine=engine, batch_size=batch_size, workers=workers, precision=precision_name, device=device,
             max_pixels=max_pixels, embeddings=embeddings, image_column=image_column, key_column=key_column,
             ray_address=ray_address, actors=actors, gpus_per_actor=gpus_per_actor,
-    check_zeroshot_score(scorer_file, zeroshot_score)
-            cpus_per_actor=cpus_per_actor,
+            cpus_per_actor=cpus_per_actor, ray_timeout=ray_timeout,
+            metadata=tuple(f.strip() for f in metadata.split(",") if f.strip()),
         )  # fmt: skip
         return score_shards_command(paths or [], output, recipe, options, overwrite)
     outputs = Outputs(None if output is None else Path(output), html, embeddings)

@@ -17,17 +17,15 @@ from .readers import Shard
 
 
 class _ShardStream(IterableDataset):
-    def __init__(
-        self, shards: list[tuple[int, Shard]], cfg, max_pixels, draft_size, image_column, key_column
-    ):
+    def __init__(self, shards: list[tuple[int, Shard]], cfg, max_pixels, draft_size, columns: dict):
         self.shards, self.cfg, self.max_pixels, self.draft_size = shards, cfg, max_pixels, draft_size
-        self.image_column, self.key_column = image_column, key_column
+        self.columns = columns
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
         mine = self.shards if info is None else self.shards[info.id :: info.num_workers]
         for index, shard in mine:
-            for row in shard_rows(index, shard, self.image_column, self.key_column):
+            for row in shard_rows(index, shard, **self.columns):
                 yield decode_row(row, self.cfg, self.max_pixels, self.draft_size)
 
 
@@ -43,15 +41,15 @@ def run_local(
     workers: int | None = None,
     max_pixels: int,
     draft: bool = True,
-    image_column: str | None = None,
-    key_column: str | None = None,
-) -> Iterator[dict]:
-    """Scored column batches for ``shards`` (pairs of index and shard), markers included."""
+    columns: dict | None = None,
+) -> Iterator:
+    """Scored batches (Arrow tables of one schema) for ``shards`` (pairs of index and shard), markers
+    included; ``columns``: what the readers take besides the image (image_column, key_column, metadata)."""
     scorer = batch_scorer.scorer
     cfg = scorer.backbone.preprocess_cfg
     workers = default_workers(scorer.device) if workers is None else workers
     workers = min(workers, len(shards))
-    stream = _ShardStream(shards, cfg, max_pixels, draft_size_for(cfg, draft), image_column, key_column)
+    stream = _ShardStream(shards, cfg, max_pixels, draft_size_for(cfg, draft), columns or {})
     loader = DataLoader(
         stream,
         batch_size=batch_size,

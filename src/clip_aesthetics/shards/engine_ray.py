@@ -1,15 +1,19 @@
 """The Ray Data engine: read shards and decode in CPU tasks, score in a pool of stateful scorer actors.
 
     shards --flat_map(read and decode, a CPU task per shard)--> rows: key, uint8 pixels at model size
-           --map_batches(ScorerActor, ActorPoolStrategy)--> scores --iter_batches--> driver writes per shard
+           --map_batches(ScorerActor, ActorPoolStrategy)--> scored Arrow tables --> the driver writes
 
 Only uint8 pixels at model size cross the object store, never float tensors or full-size images. Each actor
-loads the model once (on its GPU with ``--gpus-per-actor``); the driver reassembles rows per shard and
-writes each shard file when its last row is in, so resume works exactly as with the local engine.
+loads the model once (on its GPU with ``--gpus-per-actor``) and runs torch on one thread per CPU it holds;
+the driver reassembles rows per shard and writes each shard file when its last row is in, so resume works
+exactly as with the local engine. The actor pool is sized from the cluster before anything starts, always
+leaving CPUs to the read tasks (an actor pool that takes every CPU would wait for them forever).
 """
 
 from __future__ import annotations
 
+import math
+import socket
 import sys
 from collections.abc import Iterator
 
@@ -18,6 +22,8 @@ import numpy as np
 from .options import EngineOptions, ScorerRecipe
 from .pipeline import BatchScorer, decode_row, shard_rows
 from .readers import Shard
+
+LOCAL_HOST = "127.0.0.1"  # a Ray the tool starts itself listens here only
 
 
 def _read_and_decode(
@@ -32,25 +38,75 @@ def _read_and_decode(
 
 
 class ScorerActor:
-    """One model copy per actor, built once; scores decoded batches (keeps the bookkeeping columns)."""
+    """One model copy per actor, built once; scores decoded batches into tables of the run's fixed schema."""
 
-    def __init__(self, source, identity: str, options: EngineOptions):
+    def __init__(self, source, identity: str, precision: str, embeddings: bool, device: str, threads: int):
         import torch
 
         from .writer import scorer_identity
 
-        torch.set_num_threads(max(1, int(options.cpus_per_actor)))
-        scorer = source.build(options.device) if isinstance(source, ScorerRecipe) else source
-        if scorer_identity(scorer, options.embeddings) != identity:  # e.g. other weights on this node
+        torch.set_num_threads(threads)  # the CPUs this actor holds, no more (the read tasks use the rest)
+        scorer = source.build(device) if isinstance(source, ScorerRecipe) else source
+        if scorer_identity(scorer, embeddings) != identity:  # e.g. other weights on this node
             raise RuntimeError("a Ray worker built a different scorer than the driver (weights differ?)")
-        self.score = BatchScorer(scorer, options.precision, options.embeddings)
+        self.score = BatchScorer(scorer, precision, embeddings)
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def __call__(self, batch: dict[str, np.ndarray]):
         return self.score(batch)
 
 
-def connect(address: str | None) -> bool:
-    """Join the cluster at ``address`` (or $RAY_ADDRESS), or start a local one; True if we started it."""
+def plan_actors(options: EngineOptions, cluster: dict, node_cpus: list[float]) -> tuple[int, float]:
+    """``(actors, cpus per actor)`` for ``options`` on a cluster of ``cluster`` resources (as
+    ``ray.cluster_resources()``) and nodes of ``node_cpus`` CPUs; refuses settings that cannot run, saying
+    what to change.
+
+    Defaults: GPU actors, one per GPU with one CPU each; CPU actors, up to 4 CPUs each, using the CPUs left
+    after one in eight (at least one) is kept for reading and decoding.
+
+    Raises:
+        ValueError: too many actors or CPUs/GPUs per actor for this cluster.
+    """
+    cpus, gpus = float(cluster.get("CPU", 0)), float(cluster.get("GPU", 0))
+    largest = max(node_cpus, default=cpus)
+    if options.gpus_per_actor:
+        per_actor = 1.0 if options.cpus_per_actor is None else options.cpus_per_actor
+        most = math.floor(gpus / options.gpus_per_actor + 1e-9)
+        if most < 1:
+            raise ValueError(
+                f"--gpus-per-actor {options.gpus_per_actor:g}: the Ray cluster has {gpus:g} GPUs; "
+                "use --gpus-per-actor 0 to score on CPUs"
+            )
+        actors = options.actors or most
+        if actors > most:
+            raise ValueError(
+                f"--actors {actors} x --gpus-per-actor {options.gpus_per_actor:g} needs more than the "
+                f"{gpus:g} GPUs of the Ray cluster: use --actors {most} or fewer"
+            )
+    else:
+        reserve = max(1, round(cpus / 8))
+        per_actor = options.cpus_per_actor or min(4.0, max(1.0, math.floor(min(cpus - reserve, largest))))
+        actors = options.actors or max(1, math.floor((cpus - reserve) / per_actor))
+    if per_actor > largest:
+        raise ValueError(
+            f"--cpus-per-actor {per_actor:g}: no node of the Ray cluster has that many CPUs (the largest has "
+            f"{largest:g}); use --cpus-per-actor {largest - 1 if largest > 1 else largest:g} or fewer"
+        )
+    if actors * per_actor > cpus - 1:
+        fit = max(0, math.floor((cpus - 1) / per_actor)) if per_actor else 0
+        fix = f"use --actors {fit}" if fit else "lower --cpus-per-actor"
+        raise ValueError(
+            f"--actors {actors} x --cpus-per-actor {per_actor:g} takes {actors * per_actor:g} of the "
+            f"{cpus:g} CPUs of the Ray cluster and leaves none for reading shards: {fix} (or add nodes)"
+        )
+    return actors, per_actor
+
+
+def connect(address: str | None, timeout: float) -> bool:
+    """Join the cluster at ``address`` (or $RAY_ADDRESS), or start a local one on 127.0.0.1; True if started.
+
+    A cluster address is first probed with a plain TCP connection, so an unreachable one fails after
+    ``timeout`` seconds with a message (Ray itself retries for minutes).
+    """
     try:
         import ray
     except ImportError:
@@ -58,45 +114,76 @@ def connect(address: str | None) -> bool:
     if ray.is_initialized():
         return False
     if address:
-        ray.init(address=address)
-    else:
-        ray.init(include_dashboard=False, configure_logging=False)
+        _probe(address, timeout)
+        ray.init(address=address, configure_logging=False)
+        return False
+    ray.init(include_dashboard=False, configure_logging=False, _node_ip_address=LOCAL_HOST)
     return True
 
 
-def run_ray(
-    source, identity: str, options: EngineOptions, indexed: list[tuple[int, Shard]], cfg
-) -> Iterator[dict]:
-    """Scored column batches for ``indexed`` shards (markers included), as the local engine yields them."""
+def _probe(address: str, timeout: float) -> None:
+    """Raise RuntimeError when the Ray cluster at ``address`` does not answer within ``timeout`` seconds."""
+    from ray._private.services import canonicalize_bootstrap_address
+
+    target = address.removeprefix("ray://")
+    try:
+        target = canonicalize_bootstrap_address(target) if not address.startswith("ray://") else target
+    except (ConnectionError, ValueError) as exc:
+        raise RuntimeError(f"no Ray cluster found for --ray-address {address}: {exc}") from None
+    if target is None:
+        raise RuntimeError(
+            f"no running Ray cluster found for --ray-address {address} (start one with `ray start`)"
+        )
+    host, _, port = target.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except (OSError, ValueError) as exc:
+        raise RuntimeError(
+            f"cannot reach the Ray cluster at {address} within {timeout:g} s ({exc}); check the address "
+            "and that `ray start --head` runs there"
+        ) from None
+
+
+def run_ray(recipe, scorer, run, options: EngineOptions, indexed: list[tuple[int, Shard]]) -> Iterator:
+    """Scored batches (Arrow tables) for ``indexed`` shards (markers included), as the local engine's."""
     import ray
 
     from ..images import draft_size_for
+    from .run import read_columns
 
-    started = connect(options.ray_address)
+    started = connect(options.ray_address, options.ray_timeout)
     try:
+        nodes = [n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")]
+        actors, cpus_per_actor = plan_actors(options, ray.cluster_resources(), nodes)
         ray.data.DataContext.get_current().enable_progress_bars = sys.stderr.isatty()
+        cfg = scorer.backbone.preprocess_cfg
         items = [{"shard": index, "url": shard.url} for index, shard in indexed]
         dataset = ray.data.from_items(items, override_num_blocks=len(items))  # one read task per shard
         # flat_map (rows out) is never fused into the actors below: decoding stays in CPU tasks
         dataset = dataset.flat_map(
             _read_and_decode,
-            fn_kwargs={
-                "cfg": cfg,
-                "max_pixels": options.max_pixels,
-                "draft_size": draft_size_for(cfg, options.draft),
-                "columns": {"image_column": options.image_column, "key_column": options.key_column},
-            },
-        )
+            fn_kwargs={"cfg": cfg, "max_pixels": options.max_pixels,
+                       "draft_size": draft_size_for(cfg, options.draft), "columns": read_columns(options)},
+        )  # fmt: skip
+        device = "cuda" if options.gpus_per_actor else "cpu"
         dataset = dataset.map_batches(
             ScorerActor,
             batch_size=options.batch_size,
             batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=options.actors),
-            fn_constructor_kwargs={"source": source, "identity": identity, "options": options},
+            compute=ray.data.ActorPoolStrategy(size=actors),
+            fn_constructor_kwargs={
+                "source": recipe,
+                "identity": run.scorer_id,
+                "precision": run.settings["precision"],
+                "embeddings": options.embeddings,
+                "device": device,
+                "threads": max(1, int(cpus_per_actor)),
+            },
             num_gpus=options.gpus_per_actor or None,
-            num_cpus=options.cpus_per_actor,
+            num_cpus=cpus_per_actor,
         )
-        yield from dataset.iter_batches(batch_size=None, batch_format="numpy")
+        yield from dataset.iter_batches(batch_size=None, batch_format="pyarrow")
     finally:
         if started:
             ray.shutdown()

@@ -2,26 +2,34 @@
 
 The selection is every scored sample at or above a score: ``--min-score``, or the score of the sample at
 the top-X-percent mark (ties there are kept, so slightly more than X percent may pass). It is written as a
-key list (.parquet, .csv, .jsonl, .txt) or as new shards holding only the selected samples, each built
-from its source shard (tar members copied as they are; Parquet rows with all their columns).
+key list (.parquet, .csv, .jsonl, .txt; each row names its shard and position) or as new shards holding
+exactly the selected samples. Samples are selected by (shard, position), never by key alone: each copied
+sample is checked against the key and the image digest recorded when it was scored, so a source that changed
+since is detected and named, never copied in its place. New shards are written into a fresh folder that then
+replaces the output folder whole (no shard of a previous cut survives).
 """
 
 from __future__ import annotations
 
-import io
 import json
 import math
+import os
+import shutil
 import tarfile
-from dataclasses import dataclass
+from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from ..fileio import atomic_path, atomic_write_text
-from .readers import Shard, split_member
-from .writer import MANIFEST, META_KEY
+from ..fileio import atomic_path, atomic_write_json, atomic_write_text
+from .readers import Shard, ShardReadError, _image_bytes, _image_column, _image_of, content_digest, tar_groups
+from .run import check_output_apart
+from .writer import META_KEY
 
 KEY_FORMATS = (".parquet", ".csv", ".jsonl", ".txt")
+KEYS_MARKER = b"clip_aesthetics_keys"  # in a key list's footer: never read back as a score file
+FILTER_RECORD = "_filter.json"  # in a folder of new shards: what made it (and that `filter` may replace it)
 
 
 @dataclass
@@ -30,26 +38,43 @@ class FilterResult:
     kept: int
     threshold: float
     output: str
+    problems: list[str] = field(default_factory=list)
 
 
 def filter_scores(
     scores: str, output: str, *, min_score: float | None = None, top_percent: float | None = None
 ) -> FilterResult:
-    """Write the samples of score folder ``scores`` at or above the cut to ``output`` (keys or shards)."""
+    """Write the samples of score folder ``scores`` at or above the cut to ``output`` (keys or shards).
+
+    Raises:
+        ValueError: bad thresholds, an output that would overwrite an input or a foreign folder, a score
+            folder mixing scorers, a file in it that is no score file.
+        FileNotFoundError: no score files in ``scores``.
+    """
     if (min_score is None) == (top_percent is None):
         raise ValueError("give exactly one of --min-score and --top-percent")
-    table, manifest = _read_scores(Path(scores))
+    if min_score is not None and not math.isfinite(min_score):
+        raise ValueError(f"--min-score must be a number, not {min_score}")
+    if top_percent is not None and not 0 < top_percent <= 100:
+        raise ValueError(f"--top-percent must be above 0 and at most 100, not {top_percent:g}")
+    table, files, settings = _read_scores(Path(scores))
+    sources = sorted(set(table.column("shard").to_pylist()))
+    as_shards = output.endswith(("/", os.sep)) or Path(output).is_dir()
+    check_output_apart(output, [scores, *map(str, files), *sources], "filter")
+    if as_shards:
+        _check_replaceable(Path(output))
     values = table.column("score").to_numpy(zero_copy_only=False)
     scored = values[~np.isnan(values)]
     if not scored.size:
         raise ValueError(f"no scored samples in {scores}")
     threshold = min_score if min_score is not None else _top_cut(scored, top_percent)
     keep = table.filter(np.nan_to_num(values, nan=-np.inf) >= threshold)
-    if output.endswith("/") or Path(output).is_dir():
-        _write_shards(keep, Path(output), (manifest.get("run") or {}).get("key_column"))
+    if as_shards:
+        problems = _write_shards(keep, Path(output), settings, {"scores": os.path.abspath(scores),
+                                                                  "threshold": float(threshold)})  # fmt: skip
     else:
-        _write_keys(keep, Path(output))
-    return FilterResult(int(scored.size), keep.num_rows, float(threshold), output)
+        problems = _write_keys(keep, Path(output))
+    return FilterResult(int(scored.size), keep.num_rows, float(threshold), output, problems)
 
 
 def _top_cut(scored: np.ndarray, percent: float) -> float:
@@ -58,23 +83,45 @@ def _top_cut(scored: np.ndarray, percent: float) -> float:
 
 
 def _read_scores(folder: Path):
-    """key, shard and score of every shard file in ``folder``; refuses a folder mixing scorers."""
+    """key, shard, pos, score and digest of every score file in ``folder``, the files, and the settings they
+    were made with; refuses a folder mixing scorers or holding a Parquet file that is no score file."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     files = sorted(p for p in folder.glob("*.parquet") if not p.name.startswith((".", "_")))
-    if not files:
+    metas = {}
+    for file in files:
+        try:
+            footer = pq.read_schema(file).metadata or {}
+        except (pa.ArrowException, OSError) as exc:
+            raise ValueError(
+                f"{file} is not a readable Parquet file ({exc}); move it out of {folder}"
+            ) from None
+        if KEYS_MARKER in footer:
+            continue  # a key list written here by an earlier `filter`
+        if META_KEY not in footer:
+            raise ValueError(
+                f"{file} is not a score file of `score` (no scorer record); move it out of {folder}"
+            )
+        metas[file] = json.loads(footer[META_KEY])
+    if not metas:
         raise FileNotFoundError(f"no score files in {folder} (expected the --output folder of `score`)")
-    identities = {json.loads(pq.read_schema(f).metadata[META_KEY])["scorer_id"] for f in files}
-    if len(identities) > 1:
-        raise ValueError(f"{folder} mixes shards of {len(identities)} different scorers")
-    manifest_path = folder / MANIFEST
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
-    tables = [pq.read_table(f, columns=["key", "shard", "score"]) for f in files]
-    return pa.concat_tables(tables), manifest
+    runs = {json.dumps([m.get("scorer_id"), m.get("settings")], sort_keys=True) for m in metas.values()}
+    if len(runs) > 1:
+        raise ValueError(f"{folder} mixes shards of {len(runs)} different scorers or settings")
+    columns = ["key", "shard", "pos", "score", "digest"]
+    tables = []
+    for file in metas:
+        schema = pq.read_schema(file)
+        if not set(columns) <= set(schema.names):
+            raise ValueError(
+                f"{file} has no pos/digest columns (an older version wrote it): rescore the shards"
+            )
+        tables.append(pq.read_table(file, columns=columns))
+    return pa.concat_tables(tables), list(metas), next(iter(metas.values())).get("settings") or {}
 
 
-def _write_keys(keep, output: Path) -> None:
+def _write_keys(keep, output: Path) -> list[str]:
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
@@ -84,58 +131,137 @@ def _write_keys(keep, output: Path) -> None:
             f"--output must end in {', '.join(KEY_FORMATS)} or / (new shards), not {output.name!r}"
         )
     output.parent.mkdir(parents=True, exist_ok=True)
-    if suffix == ".txt":
-        atomic_write_text(output, "".join(f"{key}\n" for key in keep.column("key").to_pylist()))
+    keep = keep.select(["key", "shard", "pos", "score"])
+    problems = []
+    if suffix == ".txt":  # keys alone: say what a bare key list cannot hold
+        keys = [key for key in keep.column("key").to_pylist()]
+        present = [key for key in keys if key is not None]
+        if len(present) < len(keys):
+            problems.append(
+                f"{len(keys) - len(present)} selected samples have no key (write .parquet or .csv)"
+            )
+        if len(set(present)) < len(present):
+            problems.append(f"{len(present) - len(set(present))} keys repeat (write .parquet: shard and pos)")
+        atomic_write_text(output, "".join(f"{key}\n" for key in present))
     elif suffix == ".jsonl":
         atomic_write_text(output, "".join(json.dumps(row) + "\n" for row in keep.to_pylist()))
+    elif suffix == ".parquet":
+        keep = keep.replace_schema_metadata({KEYS_MARKER: b"{}"})
+        with atomic_path(output) as tmp:
+            pq.write_table(keep, tmp)
     else:
         with atomic_path(output) as tmp:
-            (pq.write_table if suffix == ".parquet" else pacsv.write_csv)(keep, tmp)
+            pacsv.write_csv(keep, tmp)
+    return problems
 
 
-def _write_shards(keep, folder: Path, key_column: str | None) -> None:
-    """One new shard per source shard with selected samples, named like the source."""
-    folder.mkdir(parents=True, exist_ok=True)
-    selected: dict[str, set[str]] = {}
-    for key, url in zip(keep.column("key").to_pylist(), keep.column("shard").to_pylist(), strict=True):
-        selected.setdefault(url, set()).add(key)
-    for url, keys in selected.items():
-        shard = Shard(url)
-        target = folder / url.rstrip("/").rsplit("/", 1)[-1]
-        if shard.kind == "parquet":
-            _copy_parquet_rows(url, keys, target, key_column)
-        else:
-            _copy_tar_samples(url, keys, target)
+def _check_replaceable(folder: Path) -> None:
+    """A folder of new shards may be replaced only when it is empty or an earlier `filter` wrote it."""
+    if folder.is_dir() and any(folder.iterdir()) and not (folder / FILTER_RECORD).is_file():
+        raise ValueError(
+            f"--output {folder} holds files that `filter` did not write; give a new or empty folder"
+        )
 
 
-def _copy_tar_samples(url: str, keys: set[str], target: Path) -> None:
-    import fsspec
+def _write_shards(keep, folder: Path, settings: dict, record: dict) -> list[str]:
+    """New shards (one per source shard with selected samples, named like it) in a fresh folder that then
+    replaces ``folder`` whole; returns the problems (samples not copied, and why)."""
+    wanted: dict[str, dict[int, tuple]] = defaultdict(dict)
+    for row in keep.select(["shard", "pos", "key", "digest"]).to_pylist():
+        wanted[row["shard"]][row["pos"]] = (row["key"], row["digest"])
+    folder = folder.absolute()
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    fresh = folder.parent / f".{folder.name}.new-{os.getpid()}"
+    shutil.rmtree(fresh, ignore_errors=True)
+    fresh.mkdir()
+    problems: list[str] = []
+    try:
+        for url, positions in sorted(wanted.items()):
+            target = fresh / url.rstrip("/").rsplit("/", 1)[-1]
+            copy = _copy_parquet_rows if Shard(url).kind == "parquet" else _copy_tar_samples
+            try:
+                problems += [f"{url}: {p}" for p in copy(url, positions, target, settings)]
+            except (ShardReadError, OSError) as exc:
+                problems.append(f"{url}: cannot read the source ({exc}); {len(positions)} samples not copied")
+        atomic_write_json(fresh / FILTER_RECORD, {**record, "kept": keep.num_rows, "problems": problems})
+        _replace_folder(folder, fresh)
+    finally:
+        shutil.rmtree(fresh, ignore_errors=True)
+    return problems
 
-    with (
-        fsspec.open(url, "rb") as source,
-        tarfile.open(fileobj=source, mode="r|*") as archive,
-        atomic_path(target) as tmp,
-        tarfile.open(tmp, "w") as out,
-    ):
-        try:
-            for info in archive:
-                if info.isfile() and split_member(info.name)[0] in keys:
-                    out.addfile(info, io.BytesIO(archive.extractfile(info).read()))
-        except (tarfile.TarError, OSError, EOFError):
-            pass  # a torn source: every sample before the tear was scored and is copied; the rest never was
+
+def _replace_folder(folder: Path, fresh: Path) -> None:
+    old = folder.parent / f".{folder.name}.old-{os.getpid()}"
+    if folder.exists():
+        folder.rename(old)
+    fresh.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
 
 
-def _copy_parquet_rows(url: str, keys: set[str], target: Path, key_column: str | None) -> None:
+def _mismatch(pos: int, wanted: tuple, key, digest) -> str | None:
+    if key != wanted[0]:
+        return f"sample {pos}: key {key!r} where {wanted[0]!r} was scored (the source changed since)"
+    if digest != wanted[1]:
+        return f"sample {pos} ({key}): its image differs from the one scored (the source changed since)"
+    return None
+
+
+def _copy_tar_samples(url: str, wanted: dict[int, tuple], target: Path, settings: dict) -> list[str]:
+    """Copy the members of exactly the samples at ``wanted`` positions, each checked against its record."""
+    problems, seen = [], set()
+    with tarfile.open(target, "w") as out:
+        for pos, group in enumerate(tar_groups(url)):
+            if pos not in wanted:
+                continue
+            seen.add(pos)
+            image = _image_of(group.by_ext)
+            why = _mismatch(pos, wanted[pos], group.key, image and content_digest(image))
+            if why:
+                problems.append(why)
+                continue
+            for info, data in group.members:
+                out.addfile(info, _Bytes(data))
+    return problems + _missing(wanted, seen)
+
+
+class _Bytes:
+    """A minimal file object over bytes, for tarfile.addfile."""
+
+    def __init__(self, data: bytes):
+        self.data, self.at = data, 0
+
+    def read(self, size: int = -1) -> bytes:
+        end = len(self.data) if size < 0 else self.at + size
+        chunk, self.at = self.data[self.at : end], min(end, len(self.data))
+        return chunk
+
+
+def _missing(wanted: dict[int, tuple], seen: set[int]) -> list[str]:
+    gone = sorted(set(wanted) - seen)
+    return [f"{len(gone)} scored samples are no longer in the source (from sample {gone[0]})"] if gone else []
+
+
+def _copy_parquet_rows(url: str, wanted: dict[int, tuple], target: Path, settings: dict) -> list[str]:
+    """Copy exactly the rows at ``wanted`` positions (all their columns), each checked against its record."""
     import fsspec
     import pyarrow.parquet as pq
 
     with fsspec.open(url, "rb") as source:
         table = pq.read_table(source)
-    key_column = key_column or ("key" if "key" in table.column_names else None)
-    if key_column is None:  # keys are row numbers
-        rows = sorted(int(key) for key in keys)
-    else:
-        column = table.column(key_column).to_pylist()
-        rows = [i for i, key in enumerate(column) if key is not None and str(key) in keys]
-    with atomic_path(target) as tmp:
-        pq.write_table(table.take(rows), tmp)
+    key_column = settings.get("key_column") or ("key" if "key" in table.column_names else None)
+    images = table.column(_image_column(table.schema, settings.get("image_column"), url)).combine_chunks()
+    problems, rows = [], []
+    for pos in sorted(p for p in wanted if p < table.num_rows):
+        if key_column is None:
+            key = f"{pos:09d}"
+        else:
+            value = table.column(key_column)[pos].as_py()
+            key = None if value is None else str(value)
+        data, _ = _image_bytes(images.slice(pos, 1))
+        why = _mismatch(pos, wanted[pos], key, data[0] and content_digest(data[0]))
+        if why:
+            problems.append(why)
+        else:
+            rows.append(pos)
+    pq.write_table(table.take(rows), target)
+    return problems + _missing(wanted, set(range(table.num_rows)))

@@ -28,6 +28,9 @@ class ScorerRecipe:
         )  # fmt: skip
 
 
+DEFAULT_METADATA = ("url", "caption", "width", "height")  # img2dataset's per-sample fields worth keeping
+
+
 @dataclass
 class EngineOptions:
     """What the engines need besides the scorer; the Ray fields are ignored by the local engine."""
@@ -42,7 +45,9 @@ class EngineOptions:
     embeddings: bool = False
     image_column: str | None = None
     key_column: str | None = None
+    metadata: tuple[str, ...] = DEFAULT_METADATA  # fields of each sample's .json (Parquet: columns) kept
     ray_address: str | None = None
-    actors: int = 1
+    ray_timeout: float = 60.0  # seconds to wait for --ray-address before giving up
+    actors: int | None = None  # None: from the cluster's CPUs/GPUs (engine_ray.plan_actors)
     gpus_per_actor: float = 0.0
-    cpus_per_actor: float = 1.0
+    cpus_per_actor: float | None = None

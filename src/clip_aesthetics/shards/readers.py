@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import functools
 import glob
+import gzip
+import hashlib
+import json
 import os
 import re
 import tarfile
@@ -49,11 +52,19 @@ class Shard:
 
 @dataclass(frozen=True)
 class Sample:
-    """One sample of a shard: its key, the encoded image (None when there is none) and why not."""
+    """One sample of a shard: its key (None when its key cell is null), the encoded image (None when there
+    is none) and why not, a digest of the image bytes (``filter`` checks copies against it), metadata."""
 
-    key: str
+    key: str | None
     data: bytes | None
     error: str | None = None
+    digest: str | None = None
+    meta: dict | None = None
+
+
+def content_digest(data: bytes) -> str:
+    """A short digest of a sample's image bytes, recorded with its score (128-bit BLAKE2b, hex)."""
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
 def is_url(text: str) -> bool:
@@ -94,17 +105,23 @@ def expand_braces(pattern: str) -> list[str]:
 def resolve_shards(inputs: Sequence[str | os.PathLike]) -> list[Shard]:
     """The shards named by paths, brace patterns, globs and fsspec URLs, each once, in the given order.
 
+    Local paths are made absolute here, so that every process (a Ray worker on another node included) opens
+    the same file and the score rows name it unambiguously. A missing shard is kept: reading it fails, the run
+    reports it and the next run retries it (img2dataset output often has gaps).
+
     Raises:
-        FileNotFoundError: a local shard or a glob that matches nothing.
+        FileNotFoundError: none of the local shards exists, or a glob matches nothing.
         ValueError: two shards would write the same output file (same name in different folders).
     """
     urls: list[str] = []
     for given in inputs:
         for item in expand_braces(str(given)):
             urls.extend(_glob(item) if any(c in item for c in "*?[") else [item])
-    for url in urls:
-        if not is_url(url) and not Path(url).is_file():
-            raise FileNotFoundError(f"no such shard: {url}")
+    urls = [url if is_url(url) else os.path.abspath(url) for url in urls]
+    if urls and all(not is_url(url) and not Path(url).is_file() for url in urls):
+        raise FileNotFoundError(
+            f"no such shard: {urls[0]}" + (f" (nor any of {len(urls)})" if len(urls) > 1 else "")
+        )
     shards = [Shard(url) for url in dict.fromkeys(urls)]
     names: dict[str, str] = {}
     for shard in shards:
@@ -115,6 +132,32 @@ def resolve_shards(inputs: Sequence[str | os.PathLike]) -> list[Shard]:
             )
         names[shard.name] = shard.url
     return shards
+
+
+_SAMPLED = 64 * 1024  # bytes hashed at each end of a shard for its identity
+
+
+def source_identity(url: str) -> dict | None:
+    """A shard's identity, cheap to take on every rerun: size, modification time and a digest of its first
+    and last 64 KiB (a re-downloaded or rewritten shard gets another). None when it cannot be read."""
+    import fsspec
+
+    try:
+        fs, path = fsspec.core.url_to_fs(url)
+        info = fs.info(path)
+        size = int(info["size"])
+        mtime = next(
+            (info[k] for k in ("mtime", "LastModified", "last_modified", "created") if k in info), None
+        )
+        sha = hashlib.blake2b(digest_size=16)
+        with fs.open(path, "rb") as handle:
+            sha.update(handle.read(_SAMPLED))
+            if size > _SAMPLED:
+                handle.seek(max(_SAMPLED, size - _SAMPLED))
+                sha.update(handle.read(_SAMPLED))
+    except (OSError, ValueError, KeyError, ImportError):
+        return None
+    return {"size": size, "mtime": str(mtime), "sampled_digest": sha.hexdigest()}
 
 
 def _glob(pattern: str) -> list[str]:
@@ -131,16 +174,19 @@ def _glob(pattern: str) -> list[str]:
 
 
 def iter_shard(
-    shard: Shard, image_column: str | None = None, key_column: str | None = None
+    shard: Shard,
+    image_column: str | None = None,
+    key_column: str | None = None,
+    metadata: Sequence[str] = (),
 ) -> Iterator[Sample]:
-    """The samples of a shard, streamed in file order.
+    """The samples of a shard, streamed in file order; ``metadata`` names the fields carried along.
 
     Raises:
         ShardReadError: the shard cannot be read (possibly after some samples: drop those).
     """
     if shard.kind == "parquet":
-        return _parquet_samples(shard.url, image_column, key_column)
-    return _tar_samples(shard.url)
+        return _parquet_samples(shard.url, image_column, key_column, tuple(metadata))
+    return _tar_samples(shard.url, tuple(metadata))
 
 
 def _open(url: str):
@@ -148,6 +194,8 @@ def _open(url: str):
 
     try:
         return fsspec.open(url, "rb").open()
+    except FileNotFoundError:
+        raise ShardReadError(f"no such shard: {url}") from None
     except (OSError, ValueError, ImportError) as exc:
         raise ShardReadError(f"cannot open {url}: {exc}") from None
 
@@ -159,33 +207,119 @@ def split_member(name: str) -> tuple[str, str]:
     return (f"{folder}/{stem}" if folder else stem), ext.lower()
 
 
-def _tar_samples(url: str) -> Iterator[Sample]:
-    """Samples of a WebDataset tar: consecutive members sharing a key form one sample."""
-    with _open(url) as handle, _open_tar(handle, url) as archive:
-        key, members = None, {}
+TORN = "torn tar"  # the start of the error of a row that stands for the end a torn tar lost
+
+
+@dataclass
+class TarGroup:
+    """One WebDataset sample as stored: its members in file order (header, bytes); ``torn`` when the file
+    ends inside it. A tear between samples is a group with no key and no members."""
+
+    key: str | None
+    members: list[tuple[tarfile.TarInfo, bytes]]
+    torn: str | None = None
+
+    @property
+    def by_ext(self) -> dict[str, bytes]:
+        return {split_member(info.name)[1]: data for info, data in self.members}
+
+
+class _Counted:
+    """A read-only stream that counts its bytes and keeps the last ones: where and how a tar ended."""
+
+    TAIL = 64 * 1024
+
+    def __init__(self, raw):
+        self.raw, self.count, self.tail = raw, 0, b""
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.raw.read(size)
+        self.count += len(data)
+        self.tail = (self.tail + data)[-self.TAIL :]
+        return data
+
+    def end_block(self, offset: int) -> bytes | None:
+        """The 512 bytes read at ``offset`` (None when the stream ended before them)."""
+        if self.count < offset + 512 or self.count - offset > len(self.tail):
+            return None
+        start = len(self.tail) - (self.count - offset)
+        return self.tail[start : start + 512]
+
+
+def tar_groups(url: str) -> Iterator[TarGroup]:
+    """The samples of a WebDataset tar: consecutive members sharing a key, in file order.
+
+    A member extension seen twice in a row of one key starts a new sample (the same key twice: both kept).
+    A tar that ends early (inside a member, inside a header, or without its end-of-archive block) ends in a
+    group with ``torn`` set, never silently.
+    """
+    with _open(url) as handle:
+        counted = _Counted(gzip.GzipFile(fileobj=handle) if url.lower().endswith((".gz", ".tgz")) else handle)
+        archive = _open_tar(counted, url)
+        group: TarGroup | None = None
         try:
             for info in archive:
                 if not info.isfile():
                     continue
-                member_key, ext = split_member(info.name)
-                if member_key != key and key is not None:
-                    yield _tar_sample(key, members)
-                    members = {}
-                key = member_key
-                members[ext] = archive.extractfile(info).read()
-        except (tarfile.TarError, OSError, EOFError) as exc:
-            if key is None:
+                key, ext = split_member(info.name)
+                if group is not None and (key != group.key or ext in group.by_ext):
+                    yield group
+                    group = None
+                group = group or TarGroup(key, [])
+                group.members.append((info, archive.extractfile(info).read()))
+        except (tarfile.TarError, OSError, EOFError, zlib_error()) as exc:
+            if group is None and counted.count <= 512:
                 raise ShardReadError(f"not a readable tar file: {url} ({exc})") from None
-            if not any(ext in members for ext in _image_members()):  # cut off before or inside the image
-                yield Sample(key, None, f"truncated shard: the tar ends inside this sample ({exc})")
+            tear = f"{TORN}: the file ends at byte {counted.count} ({exc}); later samples are missing"
+        else:
+            tear = _end_problem(counted, archive.offset)
+        if group is not None:
+            image = _image_of(group.by_ext)
+            if tear and image is None:  # cut off before or inside the image: this sample is the tear
+                group.torn = tear
+                yield group
                 return
-        if key is not None:
-            yield _tar_sample(key, members)
+            yield group
+        if tear:
+            yield TarGroup(None, [], tear)
+
+
+def zlib_error():
+    import zlib
+
+    return zlib.error
+
+
+def _end_problem(counted: _Counted, offset: int) -> str | None:
+    """Why a tar that tarfile read to its end is not whole (None when it ends in a zero block)."""
+    block = counted.end_block(offset)
+    if block is None:
+        return f"{TORN}: the file ends at byte {counted.count} without its end-of-archive block"
+    if block.count(0) != len(block):
+        return f"{TORN}: an unreadable member header at byte {offset}; later samples are missing"
+    return None
+
+
+def _tar_samples(url: str, metadata: tuple[str, ...]) -> Iterator[Sample]:
+    for group in tar_groups(url):
+        if group.key is None:
+            yield Sample(None, None, group.torn)
+            continue
+        members = group.by_ext
+        meta = _tar_meta(members, metadata) if metadata else None
+        image = _image_of(members)
+        if group.torn:
+            yield Sample(group.key, None, group.torn, None, meta)
+        elif image is None:
+            found = ", ".join(sorted(members)) or "nothing"
+            yield Sample(group.key, None, f"no image member in this sample (found: {found})", None, meta)
+        else:
+            yield Sample(group.key, image, None, content_digest(image), meta)
 
 
 def _open_tar(handle, url: str) -> tarfile.TarFile:
     try:
-        return tarfile.open(fileobj=handle, mode="r|*")
+        return tarfile.open(fileobj=handle, mode="r|")
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise ShardReadError(f"not a readable tar file: {url} ({exc})") from None
 
@@ -198,15 +332,31 @@ def _image_members() -> tuple[str, ...]:
     return ("jpg", "jpeg", "png", "webp", *sorted(e.lstrip(".") for e in IMAGE_EXTENSIONS))
 
 
-def _tar_sample(key: str, members: dict[str, bytes]) -> Sample:
+def _image_of(members: dict[str, bytes]) -> bytes | None:
     for ext in _image_members():
         if ext in members:
-            return Sample(key, members[ext])
-    found = ", ".join(sorted(members)) or "nothing"
-    return Sample(key, None, f"no image member in this sample (found: {found})")
+            return members[ext]
+    return None
 
 
-def _parquet_samples(url: str, image_column: str | None, key_column: str | None) -> Iterator[Sample]:
+def _tar_meta(members: dict[str, bytes], fields: tuple[str, ...]) -> dict:
+    """The requested fields of a sample's ``.json`` member (img2dataset's), the caption also from ``.txt``."""
+    try:
+        found = json.loads(members.get("json", b"{}"))
+    except (ValueError, UnicodeDecodeError):
+        found = {}
+    found = found if isinstance(found, dict) else {}
+    if "caption" in fields and found.get("caption") is None and "txt" in members:
+        found["caption"] = members["txt"].decode("utf-8", "replace")
+    return {name: found[name] for name in fields if found.get(name) is not None}
+
+
+TEXT_IMAGES = "image column holds text, not image bytes"  # never a path to open: shards carry bytes
+
+
+def _parquet_samples(
+    url: str, image_column: str | None, key_column: str | None, metadata: tuple[str, ...]
+) -> Iterator[Sample]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -223,22 +373,54 @@ def _parquet_samples(url: str, image_column: str | None, key_column: str | None)
                 f"{url} has no key column {key_column!r} (columns: {', '.join(schema.names)})"
             )
         key_column = key_column or ("key" if "key" in schema.names else None)
-        columns = [image_column] + ([key_column] if key_column else [])
+        meta_columns = [name for name in metadata if name in schema.names and name != image_column]
+        columns = list(dict.fromkeys([image_column, *([key_column] if key_column else []), *meta_columns]))
         row = 0
         try:
             for batch in parquet.iter_batches(batch_size=1024, columns=columns):
-                images = batch.column(image_column)
-                if pa.types.is_struct(images.type):  # Hugging Face datasets: {bytes, path}
-                    images = images.field("bytes")
+                images, problem = _image_bytes(batch.column(image_column))
                 keys = batch.column(key_column).to_pylist() if key_column else None
-                for i, data in enumerate(images.to_pylist()):
-                    key = str(keys[i]) if keys and keys[i] is not None else f"{row:09d}"
-                    yield Sample(key, data or None, None if data else "no image bytes in this row")
+                metas = {name: batch.column(name).to_pylist() for name in meta_columns}
+                for i, data in enumerate(images):
+                    key = (None if keys[i] is None else str(keys[i])) if keys else f"{row:09d}"
+                    meta = {n: v[i] for n, v in metas.items() if v[i] is not None} if metadata else None
+                    if problem or not data:
+                        yield Sample(key, None, problem or "no image bytes in this row", None, meta)
+                    else:
+                        yield Sample(key, data, None, content_digest(data), meta)
                     row += 1
         except (pa.ArrowException, OSError) as exc:
             raise ShardReadError(f"corrupt Parquet file: {url} ({exc})") from None
     finally:
         handle.close()
+
+
+def _image_bytes(column) -> tuple[list, str | None]:
+    """The encoded images of a column batch, or a reason why the column holds none.
+
+    Bytes, or a struct with a ``bytes`` field (Hugging Face datasets, img2dataset); text is refused, so that
+    a shard from the web can never make us open a file of this machine.
+    """
+    import pyarrow as pa
+
+    if pa.types.is_struct(column.type):
+        names = [column.type.field(i).name for i in range(column.type.num_fields)]
+        if "bytes" not in names:
+            return [None] * len(
+                column
+            ), f"image column is a struct without a 'bytes' field ({', '.join(names)})"
+        column = column.field("bytes")
+    if pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type):
+        return column.to_pylist(), None
+    if pa.types.is_fixed_size_binary(column.type) or pa.types.is_binary_view(column.type):
+        return column.to_pylist(), None
+    if (
+        pa.types.is_string(column.type)
+        or pa.types.is_large_string(column.type)
+        or pa.types.is_string_view(column.type)
+    ):
+        return [None] * len(column), TEXT_IMAGES
+    return [None] * len(column), f"image column holds {column.type}, not image bytes"
 
 
 def _image_column(schema, given: str | None, url: str) -> str:

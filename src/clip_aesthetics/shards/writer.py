@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ..fileio import atomic_path, atomic_write_json
-from .readers import Shard, is_url
+from .readers import TORN, Shard, is_url
 
 META_KEY = b"clip_aesthetics"
 MANIFEST = "_manifest.json"
@@ -44,25 +44,58 @@ def scorer_identity(scorer, embeddings: bool = False) -> str:
     return "sha256:" + sha.hexdigest()[:32]
 
 
+INT_METADATA = frozenset({"width", "height", "original_width", "original_height"})  # img2dataset's ints
+RESERVED = frozenset({"key", "shard", "pos", "score", "label", "raw", "error", "digest", "embedding"})
+
+
+def check_metadata_fields(fields: tuple[str, ...]) -> None:
+    """Refuse metadata fields that would collide with a score column."""
+    clashes = sorted(set(fields) & RESERVED | {f for f in fields if f.startswith("pred_")})
+    if clashes:
+        raise ValueError(f"--metadata {clashes[0]!r} would replace a score column; name other fields")
+
+
+def _metadata_column(name: str, metas: list[dict | None]):
+    """One metadata field of every row, typed by name (widths and heights are integers, the rest text)."""
+    import pyarrow as pa
+
+    values = [None if meta is None else meta.get(name) for meta in metas]
+    if name in INT_METADATA:
+        return pa.array([_as_int(v) for v in values], pa.int64())
+    return pa.array([v if isinstance(v, str) or v is None else json.dumps(v) for v in values], pa.string())
+
+
+def _as_int(value) -> int | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return int(number) if number.is_integer() else None
+
+
 @dataclass
 class ShardResult:
     """A scored shard, rows in the shard's order; NaN scores where ``errors`` has a reason."""
 
     shard: Shard
-    keys: list[str]
+    keys: list[str | None]
     errors: list[str | None]
     score: np.ndarray
     raw: np.ndarray | None = None
     distribution: np.ndarray | None = None
     embedding: np.ndarray | None = None
+    digests: list[str | None] | None = None
+    metas: list[dict | None] | None = None
 
-    def table(self, label_threshold: float):
+    def table(self, label_threshold: float, metadata: tuple[str, ...] = ()):
         import pyarrow as pa
 
+        n = len(self.keys)
         bad = np.array([e is not None for e in self.errors], dtype=bool)
         columns = {
             "key": pa.array(self.keys, pa.string()),
-            "shard": pa.array([self.shard.url] * len(self.keys), pa.string()),
+            "shard": pa.array([self.shard.url] * n, pa.string()),
+            "pos": pa.array(np.arange(n, dtype=np.int64), pa.int64()),
             "score": _floats(self.score, bad),
             "label": pa.array(
                 [
@@ -77,6 +110,9 @@ class ShardResult:
             for k in range(self.distribution.shape[1]):
                 columns[f"pred_{k + 1}"] = _floats(self.distribution[:, k], bad)
         columns["error"] = pa.array(self.errors, pa.string())
+        columns["digest"] = pa.array(self.digests or [None] * n, pa.string())
+        for name in metadata:
+            columns[name] = _metadata_column(name, self.metas or [None] * n)
         if self.embedding is not None:
             values = pa.array(self.embedding.astype(np.float16).reshape(-1), pa.float16())
             columns["embedding"] = pa.FixedSizeListArray.from_arrays(
@@ -85,11 +121,13 @@ class ShardResult:
         return pa.table(columns)
 
     def summary(self) -> dict:
-        """Counts, exact min/max/sum and the 0.01-wide histogram of this shard's scores."""
+        """Counts, exact min/max/sum, the 0.01-wide histogram of this shard's scores, key problems, tears."""
         good = self.score[~np.isnan(self.score)].astype(np.float64)
         bins = np.clip(np.floor(good / HIST_WIDTH).astype(np.int64), 0, HIST_BINS - 1)
         histogram = np.bincount(bins, minlength=HIST_BINS)
         nonzero = np.flatnonzero(histogram)
+        keys = [k for k, e in zip(self.keys, self.errors, strict=True) if k is not None or not _is_tear(e)]
+        present = [k for k in keys if k is not None]
         return {
             "rows": len(self.keys),
             "scored": int(good.size),
@@ -98,7 +136,14 @@ class ShardResult:
             "min": float(good.min()) if good.size else None,
             "max": float(good.max()) if good.size else None,
             "histogram": {int(i): int(histogram[i]) for i in nonzero},
+            "null_keys": len(keys) - len(present),
+            "duplicate_keys": len(present) - len(set(present)),
+            "torn": next((e for e in self.errors if _is_tear(e)), None),
         }
+
+
+def _is_tear(error: str | None) -> bool:
+    return error is not None and error.startswith(TORN)
 
 
 def _floats(values: np.ndarray, bad: np.ndarray):
@@ -145,7 +190,9 @@ class OutputFolder:
         except (OSError, KeyError, ValueError):
             return None
 
-    def write_shard(self, result: ShardResult, identity: str, scorer_config: dict, threshold: float) -> dict:
+    def write_shard(
+        self, result: ShardResult, run: RunIdentity, scorer_config: dict, threshold: float, source_id
+    ) -> dict:
         """Write a shard's file whole (atomic rename or a single put); returns its metadata."""
         import pyarrow.parquet as pq
 
@@ -155,8 +202,9 @@ class OutputFolder:
             "model": backbone.get("model"),
             "pretrained": backbone.get("pretrained"),
         }  # fmt: skip  (the full config is in the manifest)
-        meta = {"scorer_id": identity, "scorer": named, "source": result.shard.url, **result.summary()}
-        table = result.table(threshold)
+        meta = {"scorer_id": run.scorer_id, "settings": run.settings, "scorer": named,
+                "source": result.shard.url, "source_id": source_id, **result.summary()}  # fmt: skip
+        table = result.table(threshold, tuple(run.settings.get("metadata") or ()))
         table = table.replace_schema_metadata({META_KEY: json.dumps(meta).encode()})
         path = self.shard_path(result.shard)
         if self.fs:
@@ -185,34 +233,69 @@ class OutputFolder:
         return path
 
 
-def finished_shards(
-    folder: OutputFolder, shards: list[Shard], identity: str, overwrite: bool = False
-) -> dict[str, dict]:
-    """Footer metadata of the shards already done, by URL; raises if another scorer made any of them.
+@dataclass(frozen=True)
+class RunIdentity:
+    """What makes a shard's rows what they are: the scorer, and the settings that change rows (precision,
+    pixel limit, decoding, columns read, metadata carried, embeddings). Shards of another identity are never
+    mixed into a folder."""
 
-    Footers are read in parallel threads: on an object store each read is a round trip.
+    scorer_id: str
+    settings: dict
+
+    def differences(self, meta: dict) -> str | None:
+        """Why a file's or manifest's metadata was made by another run; None when it was made by this one."""
+        if meta.get("scorer_id") != self.scorer_id:
+            return "another scorer"
+        theirs = meta.get("settings") or {}
+        changed = [
+            f"{name}={theirs.get(name)!r} (this run: {value!r})"
+            for name, value in sorted(self.settings.items())
+            if theirs.get(name) != value
+        ]
+        return f"other settings: {', '.join(changed)}" if changed else None
+
+
+def finished_shards(
+    folder: OutputFolder,
+    shards: list[Shard],
+    run: RunIdentity,
+    sources: dict[str, dict | None],
+    overwrite: bool = False,
+) -> tuple[dict[str, dict], list[str]]:
+    """Footer metadata of the shards already done, by URL; and the URLs whose source changed since (rescored).
+
+    A shard is done when its file was made by this run identity from a source of the same size, mtime and
+    sampled content (``sources``, from :func:`readers.source_identity`). Footers are read in parallel threads:
+    on an object store each read is a round trip.
 
     Raises:
-        ValueError: a shard file or the manifest was made by a different scorer or options.
+        ValueError: a shard file or the manifest was made by a different scorer or settings.
     """
     if overwrite:
-        return {}
+        return {}, []
     manifest = folder.read_manifest()
-    if manifest and manifest.get("scorer_id") != identity:
+    why = manifest and run.differences(manifest)
+    if why:
         raise ValueError(
-            f"{folder.root} holds scores from another scorer or options ({MANIFEST}); "
-            "use a new --output folder or --overwrite"
+            f"{folder.root} holds scores made by {why} ({MANIFEST}); use a new --output folder or --overwrite"
         )
     with ThreadPoolExecutor(max_workers=16) as pool:
         metas = dict(zip((s.url for s in shards), pool.map(folder.shard_meta, shards), strict=True))
+    done, changed = {}, []
     for shard in shards:
         meta = metas[shard.url]
-        if meta is not None and meta.get("scorer_id") != identity:
+        if meta is None:
+            continue
+        why = run.differences(meta)
+        if why:
             raise ValueError(
-                f"{folder.shard_path(shard)} was made by another scorer or options; "
-                "use a new --output folder or --overwrite"
+                f"{folder.shard_path(shard)} was made by {why}; use a new --output folder or --overwrite"
             )
-    return {url: meta for url, meta in metas.items() if meta is not None}
+        if sources.get(shard.url) is not None and meta.get("source_id") != sources[shard.url]:
+            changed.append(shard.url)  # the input changed since it was scored: its scores are stale
+        else:
+            done[shard.url] = meta
+    return done, changed
 
 
 def build_manifest(metas: list[dict], failed: list[dict], identity: str, config: dict, run: dict) -> dict:
@@ -229,8 +312,17 @@ def build_manifest(metas: list[dict], failed: list[dict], identity: str, config:
         "scorer_id": identity,
         "scorer": config,
         "run": run,
-        "shards": {"total": len(metas) + len(failed), "written": len(metas), "failed": failed},
+        "shards": {
+            "total": len(metas) + len(failed),
+            "written": len(metas),
+            "failed": failed,
+            "torn": [{"shard": m["source"], "error": m["torn"]} for m in metas if m.get("torn")],
+        },
         "samples": sum(m["rows"] for m in metas),
+        "keys": {
+            "null": sum(m.get("null_keys", 0) for m in metas),
+            "duplicate": sum(m.get("duplicate_keys", 0) for m in metas),
+        },
         "scored": scored,
         "unreadable": sum(m["errors"] for m in metas),
         "score": {
