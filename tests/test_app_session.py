@@ -48,7 +48,13 @@ def test_progress_then_an_instant_reopen(photo_dir: Path, scorer) -> None:
 def test_labels_go_to_the_sidecar_and_unknown_paths_are_refused(photo_dir: Path, scorer) -> None:
     session, _ = analysed(photo_dir, scorer)
     result = session.label("sub/img6.png", "stars", 4)
-    assert result == {"path": "sub/img6.png", "stars": 4, "rejected": False, "picked": False}
+    assert result == {
+        "path": "sub/img6.png",
+        "stars": 4,
+        "rejected": False,
+        "picked": False,
+        "machine": False,
+    }
     assert read_labels(photo_dir / "sub" / "img6.png").rating == 4
     for bad in ("../img6.png", "sub/../sub/img6.png", str(photo_dir / "img1.jpg"), "nope.jpg"):
         with pytest.raises(KeyError):

@@ -138,7 +138,9 @@ def test_clipping_fractions_and_flags() -> None:
     array[50, :10] = (255, 255, 0)  # one channel at the top is not blown
     blown, crushed = clipping(Image.fromarray(array))
     assert blown == pytest.approx(0.30) and crushed == pytest.approx(0.05)
-    assert technical(Image.fromarray(array)).flags == ["highlights"]  # 5% crushed is at the limit, not over
+    # flat grey: no detail (blurred); 30% white is beyond the flag and the "blown" limit; 5% crushed is at
+    # the limit, not over
+    assert technical(Image.fromarray(array)).flags == ["blurred", "highlights", "blown"]
 
 
 def test_percentile_stars_by_quintile() -> None:

@@ -15,8 +15,15 @@ DEFAULT_PRETRAINED = "openai"
 # The ImageNet baseline of the paper's probe and fine-tuning comparisons.
 DEFAULT_IMAGENET_MODEL = "timm:vit_base_patch32_224.augreg_in21k"
 
-# Files an image folder is searched for (lower-case suffixes).
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
+# Files an image folder is searched for (lower-case suffixes): what Pillow reads, camera RAW files (rawpy,
+# i.e. LibRaw) and HEIC/HEIF/AVIF (pillow-heif).
+RAW_EXTENSIONS = frozenset(
+    {".nef", ".nrw", ".cr2", ".cr3", ".arw", ".raf", ".orf", ".rw2", ".pef", ".dng", ".srw"}
+)
+HEIF_EXTENSIONS = frozenset({".heic", ".heif", ".hif", ".avif"})
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", *RAW_EXTENSIONS, *HEIF_EXTENSIONS}
+)
 # Larger images are refused: 100 MP is above any camera and well below a decompression bomb.
 DEFAULT_MAX_PIXELS = 100_000_000
 

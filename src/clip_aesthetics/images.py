@@ -16,15 +16,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pillow_heif
 import torch
 import torchvision.transforms.functional as TF
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 
 from .backbones import PreprocessConfig
-from .constants import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS
+from .constants import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, RAW_EXTENSIONS
 from .device_decode import decode_on_device, device_decodable, jpeg_header
 from .progress import progress_bar
+
+pillow_heif.register_heif_opener()  # HEIC/HEIF through Pillow's own API (AVIF is Pillow's own)
 
 _INTERPOLATIONS = {
     "bicubic": TF.InterpolationMode.BICUBIC,
@@ -89,10 +92,12 @@ def open_image(
         if isinstance(source, bytes):
             if not source:
                 raise ImageLoadError("empty file (0 bytes)")
-            image = Image.open(io.BytesIO(source))
+            image = _open_bytes(source, max_pixels, draft_size)
         else:
             if os.path.getsize(source) == 0:
                 raise ImageLoadError("empty file (0 bytes)")
+            if is_raw_file(source):
+                return to_rgb(open_raw(source, max_pixels, draft_size))
             image = Image.open(source)
         width, height = image.size
         if width * height > max_pixels:
@@ -121,6 +126,77 @@ def open_image(
             "truncated or corrupt image" if "truncated" in lowered or "broken" in lowered else "corrupt image"
         )
         raise ImageLoadError(f"{reason}: {text}") from None
+
+
+def is_raw_file(path: str | os.PathLike) -> bool:
+    """A camera RAW file by its name (``.NEF``, ``.CR3``, ``.DNG``, ...): read with LibRaw, not Pillow."""
+    return Path(path).suffix.lower() in RAW_EXTENSIONS
+
+
+def _open_bytes(data: bytes, max_pixels: int, draft_size: int | None) -> Image.Image:
+    """Pillow's formats first; bytes Pillow does not know may be a RAW file (a shard member)."""
+    try:
+        return Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        try:
+            return open_raw(io.BytesIO(data), max_pixels, draft_size)
+        except ImageLoadError:
+            raise UnidentifiedImageError("not an image") from None
+
+
+# LibRaw's ``flip`` (the camera's orientation) as the Pillow transposition that shows the photo upright.
+_RAW_FLIPS = {3: Image.Transpose.ROTATE_180, 5: Image.Transpose.ROTATE_90, 6: Image.Transpose.ROTATE_270}
+
+
+def open_raw(source: str | os.PathLike | io.BytesIO, max_pixels: int, min_side: int | None) -> Image.Image:
+    """A camera RAW file, upright, through LibRaw (rawpy).
+
+    With ``min_side``, the camera's embedded JPEG preview is used when both its sides are at least that
+    large (what culling tools show: fast, and the camera's own rendering); otherwise LibRaw demosaics the
+    sensor data, at half size when that still covers ``min_side``. Without ``min_side`` (a 100% view) the
+    full sensor data is decoded.
+    """
+    import rawpy
+
+    try:
+        with rawpy.imread(source if isinstance(source, io.BytesIO) else os.fspath(source)) as raw:
+            width, height = raw.sizes.width, raw.sizes.height
+            if width * height > max_pixels:
+                raise ImageLoadError(
+                    f"too large: {width}x{height} = {width * height:,} pixels "
+                    f"(limit {max_pixels:,}; raise it with --max-pixels)"
+                )
+            preview = _raw_preview(raw, min_side) if min_side else None
+            if preview is not None:
+                return preview
+            half = bool(min_side) and min(width, height) // 2 >= min_side
+            return Image.fromarray(raw.postprocess(use_camera_wb=True, half_size=half, output_bps=8))
+    except rawpy.LibRawFileUnsupportedError:
+        raise ImageLoadError("not a RAW file LibRaw can read") from None
+    except (rawpy.LibRawError, rawpy.NotSupportedError) as exc:
+        raise ImageLoadError(f"truncated or corrupt RAW file: {exc}") from None
+
+
+def _raw_preview(raw, min_side: int) -> Image.Image | None:
+    """The embedded preview, upright, when both sides are at least ``min_side``; None otherwise."""
+    import rawpy
+
+    try:
+        thumb = raw.extract_thumb()
+    except (rawpy.LibRawNoThumbnailError, rawpy.LibRawUnsupportedThumbnailError):
+        return None
+    if thumb.format == rawpy.ThumbFormat.JPEG:
+        image = Image.open(io.BytesIO(thumb.data))
+        image.draft("RGB", (min_side, min_side))
+    else:
+        image = Image.fromarray(thumb.data)
+    if min(image.size) < min_side:
+        return None
+    image.load()
+    if image.getexif().get(ExifTags.Base.Orientation, 1) != 1:  # the preview's own EXIF says how
+        return ImageOps.exif_transpose(image)
+    flip = _RAW_FLIPS.get(raw.sizes.flip)
+    return image.transpose(flip) if flip is not None else image
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

@@ -66,7 +66,7 @@ class ReviewSession:
             labels, errors = {}, {}
             for i, frame in enumerate(shoot.frames):
                 try:
-                    labels[frame["rel"]] = read_labels(shoot.path(i))
+                    labels[frame["rel"]] = read_labels(shoot.target(i), photo=shoot.path(i))
                 except XmpError as exc:
                     labels[frame["rel"]], errors[frame["rel"]] = Labels(), str(exc)
             with self.lock:
@@ -130,13 +130,14 @@ class ReviewSession:
         with self.lock:
             if self.frame(rel) is None:
                 raise KeyError(rel)
-            path = self.root / rel
-            current = read_labels(path)  # the sidecar may have changed in another program meanwhile
+            index = self.index[rel]
+            target = self.shoot.target(index)  # of a RAW+JPEG pair, the RAW file's sidecar
+            current = read_labels(target, photo=self.shoot.path(index))  # may have changed meanwhile
             if action == "stars":
                 new = with_stars(current, int(stars if stars is not None else -1))
             else:
                 new = {"pick": picked, "reject": rejected, "unflag": unflagged}[action](current)
-            write_labels(path, new)
+            write_labels(target, new)  # a key press is the photographer's decision: no machine mark
             self.labels[rel] = new
             self.label_errors.pop(rel, None)
             return {"path": rel, **new.to_dict()}

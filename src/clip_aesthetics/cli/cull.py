@@ -54,7 +54,8 @@ def cull(
     overwrite_ratings: bool = typer.Option(
         False,
         "--overwrite-ratings",
-        help="With --xmp: replace ratings already in sidecars (kept by default).",
+        help="With --xmp: replace the photographer's own ratings and pick labels too (kept by default; "
+        "ratings this tool wrote are always updated).",
     ),
     similarity: float = typer.Option(
         0.92, min=-1, max=1, help="Cosine similarity from which frames are alike."
@@ -96,10 +97,17 @@ def cull(
     groups = len({row["group"] for row in rows})
     line = f"{len(rows)} photos in {groups} groups, unreadable {len(shoot.errors)}; wrote {output}"
     if xmp:
-        report = write_sidecars(rows, reject_duplicates=reject_duplicates, overwrite=overwrite_ratings)
+        model = f"{scorer.method} {scorer.backbone.weights_id}"
+        report = write_sidecars(
+            rows, reject_duplicates=reject_duplicates, overwrite=overwrite_ratings, model=model
+        )
         for error in report.errors:
             warn("sidecar not written", error["error"])
-        line += f"; sidecars written {report.written}, existing ratings kept {report.kept}"
+        line += (
+            f"; sidecars: machine ratings written {report.written}, "
+            f"photographer's decisions kept unchanged {report.kept}"
+        )
+        line += f", photographer's ratings replaced {report.replaced}" if report.replaced else ""
         line += f", failed {len(report.errors)}" if report.errors else ""
     console.print(line, highlight=False, soft_wrap=True)
 

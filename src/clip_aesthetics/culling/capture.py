@@ -8,6 +8,7 @@ grouping only compares two frames' times when both come from the same ``source``
 
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -19,6 +20,7 @@ DATE_TIME_ORIGINAL = 36867
 OFFSET_TIME_ORIGINAL = 36881
 SUBSEC_TIME_ORIGINAL = 37521
 DATE_TIME = 306  # IFD0 "DateTime": the last resort inside EXIF (some phones write only this)
+RAW_HEADER_BYTES = 1 << 19  # TIFF-based RAW files keep their EXIF IFDs near the start
 
 
 @dataclass(frozen=True)
@@ -33,9 +35,8 @@ class CaptureTime:
 def capture_time(path: str | os.PathLike) -> CaptureTime:
     """The EXIF capture time of ``path`` (read from its header only), or its modification time."""
     try:
-        with Image.open(path) as opened:
-            found = exif_time(opened.getexif())
-    except (OSError, ValueError, SyntaxError):
+        found = exif_time(read_exif(path))
+    except Exception:  # a malformed header only costs the EXIF time; the file's own time stays
         found = None
     if found is not None:
         return found
@@ -44,10 +45,36 @@ def capture_time(path: str | os.PathLike) -> CaptureTime:
     return CaptureTime(stamp, "file", moment.isoformat(timespec="milliseconds"))
 
 
+def read_exif(path: str | os.PathLike) -> Image.Exif:
+    """The EXIF block of a photo: Pillow's formats (HEIC included) from their header; TIFF-based RAW files
+    (NEF, CR2, ARW, DNG, PEF, ...) from their first IFDs; other RAW files (CR3, RAF) from their preview."""
+    from ..images import is_raw_file  # registers the HEIC opener too
+
+    if not is_raw_file(path):
+        with Image.open(path) as opened:
+            return opened.getexif()
+    with open(path, "rb") as handle:
+        head = handle.read(RAW_HEADER_BYTES)
+    exif = Image.Exif()
+    if head[:4] in (b"II*\x00", b"MM\x00*"):
+        exif.load(head)
+        if exif.get(DATE_TIME_ORIGINAL) or exif.get_ifd(EXIF_IFD).get(DATE_TIME_ORIGINAL):
+            return exif
+    import rawpy
+
+    with rawpy.imread(os.fspath(path)) as raw:
+        thumb = raw.extract_thumb()
+    if thumb.format == rawpy.ThumbFormat.JPEG:
+        with Image.open(io.BytesIO(thumb.data)) as preview:
+            return preview.getexif()
+    return exif
+
+
 def exif_time(exif: Image.Exif) -> CaptureTime | None:
     """DateTimeOriginal (+ sub-seconds, + offset) from an EXIF block; None when absent or malformed."""
     sub = exif.get_ifd(EXIF_IFD) if exif else {}
-    text = sub.get(DATE_TIME_ORIGINAL) or exif.get(DATE_TIME)
+    # DNG writers may put DateTimeOriginal in IFD0 itself
+    text = sub.get(DATE_TIME_ORIGINAL) or exif.get(DATE_TIME_ORIGINAL) or exif.get(DATE_TIME)
     if not isinstance(text, str):
         return None
     try:

@@ -10,7 +10,9 @@ from scipy.stats import rankdata
 from .grouping import DEFAULT_MAX_GAP, DEFAULT_SIMILARITY, group_frames, quality, rank_group
 from .shoot import Shoot
 from .technical import Technical
-from .xmp import Labels, XmpError, read_labels, rejected, with_stars, write_labels
+from .xmp import PICK_REJECTED, Labels, XmpError, read_labels, write_labels
+
+FLAWED_MAX_STARS = 2  # a soft or badly clipped frame is proposed at most this many stars
 
 
 def percentile_stars(scores: np.ndarray) -> np.ndarray:
@@ -20,6 +22,13 @@ def percentile_stars(scores: np.ndarray) -> np.ndarray:
         return np.zeros(0, dtype=np.int64)
     percentile = (rankdata(scores, method="average") - 0.5) / len(scores)
     return np.clip(1 + np.floor(5 * percentile), 1, 5).astype(np.int64)
+
+
+def capped_stars(stars: int, flags: list[str]) -> int:
+    """Stars that respect the technical checks: soft (in its burst or outright) or badly clipped frames
+    never get more than :data:`FLAWED_MAX_STARS`, however well the scorer likes their content."""
+    flawed = {"soft", "blurred", "blown", "crushed"} & set(flags)
+    return min(stars, FLAWED_MAX_STARS) if flawed else stars
 
 
 def shoot_groups(
@@ -69,6 +78,7 @@ def _row(
     flags = (["soft"] if soft else []) + Technical(
         frame["sharpness"], frame["highlights"], frame["shadows"]
     ).flags
+    raw = shoot.target(i) if frame.get("raw") else None
     return {
         "path": str(shoot.path(i)),
         "group": group,
@@ -76,44 +86,61 @@ def _row(
         "best": place == 0,
         "rank_in_group": place + 1,
         "score": float(score),
-        "stars": int(stars),
+        "stars": capped_stars(int(stars), flags),
         "sharpness": round(frame["sharpness"], 3),
         "highlights_clipped": round(frame["highlights"], 5),
         "shadows_clipped": round(frame["shadows"], 5),
         "flags": ";".join(flags),
         "capture_time": frame["time_text"],
         "capture_source": frame["time_source"],
+        "raw": "" if raw is None else str(raw),  # the RAW file of a RAW+JPEG pair (rated in its sidecar)
     }
 
 
 @dataclass
 class SidecarReport:
-    written: int = 0
-    kept: int = 0  # photos whose sidecar already had a rating the photographer set
+    written: int = 0  # sidecars whose rating the tool proposed (new, or its own earlier proposal)
+    kept: int = 0  # photos the photographer had rated, rejected or labelled: their fields are untouched
+    replaced: int = 0  # photographer's ratings replaced on request (``overwrite``)
     errors: list[dict] = field(default_factory=list)
 
 
-def write_sidecars(
-    rows: list[dict], *, reject_duplicates: bool = False, overwrite: bool = False
-) -> SidecarReport:
-    """Write each frame's stars (or a reject, for non-best frames with ``reject_duplicates``).
+def proposal(row: dict, model: str) -> dict:
+    """The tool's fields for one photo (``clipaes:*``): what it proposes, never mistaken for a decision."""
+    fields = {"Score": "score", "Stars": "stars", "Group": "group", "Best": "best", "Flags": "flags"}
+    return {name: row[key] for name, key in fields.items() if key in row} | (
+        {"Model": model} if model else {}
+    )
 
-    A rating already in a sidecar (stars or a reject) is the photographer's and is kept unless
-    ``overwrite``; a sidecar that cannot be read or written is reported and the rest go on.
+
+def write_sidecars(
+    rows: list[dict], *, reject_duplicates: bool = False, overwrite: bool = False, model: str = ""
+) -> SidecarReport:
+    """Write each photo's proposal, and its stars (or a reject, for non-best frames with
+    ``reject_duplicates``) where the photographer has made no decision.
+
+    A rating or pick label the photographer set (in the sidecar or embedded in the photo) is kept, byte
+    for byte, unless ``overwrite``; the tool's own earlier ratings (marked ``clipaes:Rating``) are replaced.
+    A RAW+JPEG pair is written to the RAW file's sidecar. A sidecar that cannot be read or written is
+    reported and the rest go on.
     """
     report = SidecarReport()
     for row in rows:
+        target = row.get("raw") or row["path"]
         try:
-            labels = read_labels(row["path"])
-            if labels.rating not in (None, 0) and not overwrite:
+            labels = read_labels(target, photo=row["path"])
+            proposed = proposal(row, model)
+            if labels.decided and not overwrite:
+                write_labels(target, labels, proposal=proposed, ratings=False)
                 report.kept += 1
                 continue
-            if reject_duplicates and not row["best"]:
-                new = rejected(labels)
+            duplicate = reject_duplicates and not row["best"]
+            new = Labels(-1, PICK_REJECTED) if duplicate else Labels(row["stars"], None)
+            write_labels(target, new, machine=True, proposal=proposed)
+            if labels.decided:
+                report.replaced += 1
             else:
-                new = with_stars(Labels(None, labels.pick), row["stars"])
-            write_labels(row["path"], new)
-            report.written += 1
+                report.written += 1
         except (XmpError, OSError) as exc:
-            report.errors.append({"path": row["path"], "error": str(exc).splitlines()[0]})
+            report.errors.append({"path": target, "error": str(exc).splitlines()[0]})
     return report

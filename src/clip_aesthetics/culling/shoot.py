@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 
 from ..fileio import atomic_path, atomic_write_json
-from ..images import DEFAULT_MAX_PIXELS, find_images, iter_batches
+from ..images import DEFAULT_MAX_PIXELS, find_images, is_raw_file, iter_batches
 from ..prompts import cache_dir
 from ..scorers.base import autocast
 from .capture import capture_time
@@ -46,7 +46,12 @@ class Shoot:
     errors: list[dict] = field(default_factory=list)  # rel, size, mtime_ns, error
 
     def path(self, index: int) -> Path:
+        """The file analysed for this photo (of a RAW+JPEG pair, the JPEG)."""
         return self.root / self.frames[index]["rel"]
+
+    def target(self, index: int) -> Path:
+        """The file whose sidecar holds the rating: the RAW file of a RAW+JPEG pair, else the photo."""
+        return self.root / (self.frames[index].get("raw") or self.frames[index]["rel"])
 
 
 def inside(root: Path, path: Path) -> bool:
@@ -55,9 +60,37 @@ def inside(root: Path, path: Path) -> bool:
     return os.path.commonpath([real_root, real]) == real_root
 
 
-def shoot_files(folder: Path) -> list[Path]:
-    """The photos of a shoot folder, links leading out of it skipped."""
-    return [p for p in find_images([folder]) if inside(folder, p)]
+def shoot_files(folder: Path) -> tuple[list[Path], dict[Path, Path]]:
+    """The photos of a shoot folder (links leading out of it skipped, the RAW file of a pair left out) and
+    the pairs (see :func:`raw_pairs`)."""
+    files = [p for p in find_images([folder]) if inside(folder, p)]
+    pairs = raw_pairs(files)
+    paired = set(pairs.values())
+    return [p for p in files if p not in paired], pairs
+
+
+# Of files sharing a stem with a RAW file, the one a pair is scored from (the camera's JPEG first).
+PAIR_PREFERENCE = (".jpg", ".jpeg", ".heic", ".heif", ".hif", ".tif", ".tiff", ".png", ".webp", ".avif")
+
+
+def raw_pairs(files: list[Path]) -> dict[Path, Path]:
+    """RAW+JPEG pairs (same folder, same stem): the file a pair is scored from -> its RAW file.
+
+    The pair is one photo: shown once, scored once from the JPEG (the camera's rendering), and rated in the
+    sidecar of the RAW file, which is the one editors read (darktable and digiKam ``NAME.RAW.xmp``,
+    Lightroom and Capture One ``NAME.xmp``).
+    """
+    by_stem: dict[tuple[Path, str], list[Path]] = {}
+    for path in files:
+        by_stem.setdefault((path.parent, path.stem), []).append(path)
+    pairs = {}
+    for members in by_stem.values():
+        raws = sorted(p for p in members if is_raw_file(p))
+        others = [p for p in members if p.suffix.lower() in PAIR_PREFERENCE]
+        if raws and others:
+            scored = min(others, key=lambda p: (PAIR_PREFERENCE.index(p.suffix.lower()), p.name))
+            pairs[scored] = raws[0]
+    return pairs
 
 
 def shoot_cache(folder: Path, backbone) -> Path:
@@ -115,7 +148,7 @@ def analyse_folder(
     cache = shoot_cache(root, backbone)
     (cache / "thumbs").mkdir(parents=True, exist_ok=True)
     known, known_features, known_errors = _load_cache(cache, backbone)
-    files = shoot_files(root)
+    files, pairs = shoot_files(root)
     frames, rows, errors, todo = [], [], [], []
     for path in files:
         rel, stat = path.relative_to(root).as_posix(), path.stat()
@@ -136,6 +169,11 @@ def analyse_folder(
         )
     if todo or len(known) + len(known_errors) > len(frames) + len(errors):  # new photos, or some gone
         _save_cache(state, backbone)
+    companions = {
+        p.relative_to(root).as_posix(): raw.relative_to(root).as_posix() for p, raw in pairs.items()
+    }
+    for frame in state.frames:  # pairs follow the folder as it is now, not the cache
+        frame["raw"] = companions.get(frame["rel"])
     return _in_order(state, files)
 
 

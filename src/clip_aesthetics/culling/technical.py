@@ -3,8 +3,9 @@
 Sharpness is the variance of the Laplacian of the grey image resized to a fixed scale (short side
 :data:`SHARPNESS_SCALE` pixels), so frames of one shoot compare whatever their resolution. Motion blur and
 missed focus remove the fine detail the Laplacian responds to, so a blurred copy of a frame scores a
-fraction of the sharp one. The value depends on the scene (foliage is "sharper" than sky), so it is only
-compared between frames of one burst; see :func:`clip_aesthetics.culling.grouping.pick_best`.
+fraction of the sharp one. The value depends on the scene (foliage is "sharper" than sky), so it is
+compared between frames of one burst (:func:`clip_aesthetics.culling.grouping.rank_group`), and only a
+frame below an absolute floor (:data:`BLURRED_LIMIT`, far below any sharp photograph) is blurred outright.
 
 Clipping is the fraction of pixels at the ends of the 8-bit range in every channel (blown to white) or in
 every channel at the bottom (crushed to black).
@@ -21,6 +22,11 @@ from scipy import ndimage
 SHARPNESS_SCALE = 448  # short side in pixels; the image pipeline decodes JPEGs at least this large
 HIGHLIGHT_LEVEL, SHADOW_LEVEL = 250, 5
 HIGHLIGHT_LIMIT, SHADOW_LIMIT = 0.02, 0.05  # fractions of the frame above which it is flagged
+# Absolute limits, checked on scikit-image's photographs (tests/test_checks_real_photos.py): sharp photos
+# score 53 (the moon) to 4,400 (grass) at this scale, the same photos under a Gaussian blur of sigma 2
+# score 2.7-19; a frame below the limit is "blurred" whatever its burst.
+BLURRED_LIMIT = 20.0
+BLOWN_LIMIT, CRUSHED_LIMIT = 0.25, 0.5  # "blown" / "crushed": a quarter of the frame white, half black
 
 
 @dataclass(frozen=True)
@@ -31,12 +37,19 @@ class Technical:
 
     @property
     def flags(self) -> list[str]:
-        """``highlights`` / ``shadows`` when more of the frame than the limits is clipped."""
+        """``highlights`` / ``shadows`` when more of the frame than the limits is clipped, ``blown`` /
+        ``crushed`` when far more is, ``blurred`` when the frame is soft on the absolute scale."""
         flags = []
+        if self.sharpness < BLURRED_LIMIT:
+            flags.append("blurred")
         if self.highlights > HIGHLIGHT_LIMIT:
             flags.append("highlights")
+        if self.highlights > BLOWN_LIMIT:
+            flags.append("blown")
         if self.shadows > SHADOW_LIMIT:
             flags.append("shadows")
+        if self.shadows > CRUSHED_LIMIT:
+            flags.append("crushed")
         return flags
 
     def to_dict(self) -> dict:
