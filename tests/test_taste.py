@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from typer.testing import CliRunner
 
 from clip_aesthetics.backbones import load_backbone
@@ -150,6 +151,58 @@ def test_ratings_from_csv_before_sidecars_and_broken_sidecars_reported(tmp_path:
     write_labels(paths[1], Labels(-1, 1))  # a reject counts as 0 stars
     write_labels(paths[2], Labels(2, None))
     (tmp_path / "d.jpg.xmp").write_text("<broken", encoding="utf-8")
-    stars, problems = ratings_for(paths, {str(paths[2]): 5.0})
+    stars, problems, sources = ratings_for(paths, {str(paths[2]): 5.0})
     assert stars == [4.0, 0.0, 5.0, None]
     assert len(problems) == 1 and "d.jpg.xmp" in problems[0]
+    assert sources == {"sidecar": 2, "csv": 1}
+
+
+def test_only_the_photographers_ratings_are_learned_from(tmp_path: Path) -> None:
+    """Ratings `cull --xmp` wrote are left out; embedded ones count; each source is counted."""
+    from clip_aesthetics.culling.cull import write_sidecars
+    from clip_aesthetics.culling.taste import ratings_for
+
+    paths = [tmp_path / f"{n}.jpg" for n in "abcd"]
+    for path in paths:
+        Image.new("RGB", (8, 8)).save(path)
+    write_sidecars([{"path": str(p), "best": True, "stars": 5} for p in paths[:2]])  # machine proposals
+    write_labels(paths[1], Labels(2, None))  # the photographer re-rated b in the app
+    Image.new("RGB", (8, 8)).save(paths[2], exif=exif_rating(3))  # rated inside the JPEG
+    stars, problems, sources = ratings_for(paths)
+    assert stars == [None, 2.0, 3.0, None] and not problems
+    assert sources == {"machine": 1, "sidecar": 1, "embedded": 1}
+
+
+def exif_rating(stars: int) -> Image.Exif:
+    exif = Image.Exif()
+    exif[0x4746] = stars
+    return exif
+
+
+@pytest.mark.parametrize(
+    ("value", "line"), [("9", 3), ("nan", 3), ("inf", 3), ("-3", 3), ("1e400", 3), ("four", 3)]
+)
+def test_ratings_csv_refuses_values_that_are_not_stars(tmp_path: Path, value: str, line: int) -> None:
+    (tmp_path / "r.csv").write_text(f"path,rating\na.jpg,4\nb.jpg,{value}\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=rf"r\.csv:{line}: rating '{value}' is not"):
+        read_ratings_csv(tmp_path / "r.csv")
+    (tmp_path / "ok.csv").write_text("path,rating\na.jpg,-1\nb.jpg,5\n", encoding="utf-8")
+    assert sorted(read_ratings_csv(tmp_path / "ok.csv").values()) == [0.0, 5.0]  # -1: a reject, 0 stars
+
+
+def test_a_taste_head_on_other_weights_warns_as_a_probe_does(tmp_path: Path, tiny_clip_spec: str) -> None:
+    from clip_aesthetics.culling.taste import taste_scorer
+    from clip_aesthetics.prompts import PromptGroups
+    from clip_aesthetics.scorers import ZeroShotScorer
+    from clip_aesthetics.scorers.registry import save_scorer
+    from conftest import TINY_CLIP_CONFIG, save_open_clip_dir
+
+    prior = ZeroShotScorer(load_backbone(tiny_clip_spec), PromptGroups(("a good photo",), ("a bad photo",)))
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(30, prior.backbone.feature_dim)).astype(np.float32)
+    generic = prior.score_features(torch.from_numpy(features)).score.numpy()
+    scorer = taste_scorer(prior, fit_taste(features, generic, rng.integers(1, 6, 30).astype(float)))
+    save_scorer(scorer, tmp_path / "t.safetensors", scorer.tensors())
+    other = load_backbone(f"local-dir:{save_open_clip_dir(tmp_path / 'other', TINY_CLIP_CONFIG, seed=5)}")
+    with pytest.warns(UserWarning, match="taste head was fitted on features of"):
+        load_scorer(tmp_path / "t.safetensors", backbone=other)

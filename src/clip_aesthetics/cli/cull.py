@@ -146,12 +146,20 @@ def taste_fit(
         shoot = analyse_folder(
             folder, prior.backbone, batch_size=batch_size, workers=workers, precision=precision
         )
-        paths += [shoot.path(i) for i in range(len(shoot.frames))]
+        paths += [(shoot.target(i), shoot.path(i)) for i in range(len(shoot.frames))]
         features.append(shoot.features)
-    stars, problems = ratings_for(paths, csv_ratings)
+    stars, problems, sources = ratings_for(paths, csv_ratings)
     for problem in problems:
         warn("unrated", problem)
     rated = [i for i, value in enumerate(stars) if value is not None]
+    where = ", ".join(f"{sources[k]} from {k}" for k in ("csv", "sidecar", "embedded") if sources[k])
+    if sources["machine"]:
+        where += f"; {sources['machine']} ratings proposed by cull --xmp left out"
+    console.print(
+        f"your ratings: {len(rated)} of {len(paths)} photos ({where or 'none'})",
+        highlight=False,
+        soft_wrap=True,
+    )
     x = np.concatenate(features)[rated]
     fit = fit_taste(x, _scores(prior, x), np.array([stars[i] for i in rated]))
     scorer = taste_scorer(prior, fit)

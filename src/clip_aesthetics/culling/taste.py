@@ -12,7 +12,9 @@ generic score's SRCC on the same photos.
 from __future__ import annotations
 
 import csv
+import math
 import os
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,7 +57,10 @@ def rating_of(image: str | os.PathLike) -> float | None:
 
 
 def stars_of(labels: Labels) -> float | None:
-    """The rating a taste is learned from: stars 0-5, a reject 0; None when unrated."""
+    """The photographer's rating a taste is learned from: stars 0-5, a reject 0; None when unrated or
+    when the rating is one this tool proposed (``cull --xmp``), which is no one's taste."""
+    if labels.machine:
+        return None
     if labels.rejected:
         return 0.0
     return float(labels.rating) if labels.rating and labels.rating > 0 else None
@@ -79,7 +84,9 @@ def read_ratings_csv(path: str | os.PathLike) -> dict[str, float]:
                 value = float(row[column])
             except (TypeError, ValueError):
                 raise ValueError(f"{path}:{line}: rating {row[column]!r} is not a number") from None
-            ratings[os.path.realpath(path.parent / row["path"])] = value
+            if not math.isfinite(value) or not -1 <= value <= 5:
+                raise ValueError(f"{path}:{line}: rating {row[column]!r} is not 0-5 stars (or -1, a reject)")
+            ratings[os.path.realpath(path.parent / row["path"])] = max(value, 0.0)  # a reject is 0 stars
     return ratings
 
 
@@ -163,17 +170,33 @@ def taste_scorer(prior, fit: TasteFit):
 
 
 def ratings_for(
-    paths: list[Path], csv_ratings: dict[str, float] | None = None
-) -> tuple[list[float | None], list[str]]:
-    """Each photo's stars (from the CSV when it names the photo, else from its sidecar), and the sidecars
-    that could not be read (those photos count as unrated)."""
+    photos: list, csv_ratings: dict[str, float] | None = None
+) -> tuple[list[float | None], list[str], Counter]:
+    """Each photo's stars from the photographer: from the CSV when it names the photo, else from its
+    sidecar, else embedded in the photo; the sidecars that could not be read (those photos count as
+    unrated); and how many ratings came from where (``csv``, ``sidecar``, ``embedded``, and ``machine``:
+    ratings ``cull --xmp`` proposed, left out).
+
+    ``photos``: paths, or (sidecar owner, photo) pairs for RAW+JPEG pairs.
+    """
     csv_ratings = csv_ratings or {}
-    stars, problems = [], []
-    for path in paths:
-        real = os.path.realpath(path)
+    stars, problems, sources = [], [], Counter()
+    for item in photos:
+        target, photo = item if isinstance(item, tuple) else (item, item)
+        real = os.path.realpath(photo)
+        if real in csv_ratings or os.path.realpath(target) in csv_ratings:
+            stars.append(csv_ratings.get(real, csv_ratings.get(os.path.realpath(target))))
+            sources["csv"] += 1
+            continue
         try:
-            stars.append(csv_ratings[real] if real in csv_ratings else rating_of(path))
+            labels = read_labels(target, photo=photo)
         except XmpError as exc:
             stars.append(None)
             problems.append(str(exc))
-    return stars, problems
+            continue
+        stars.append(stars_of(labels))
+        if labels.machine:
+            sources["machine"] += 1
+        elif stars[-1] is not None:
+            sources[labels.source or "sidecar"] += 1
+    return stars, problems, sources

@@ -11,6 +11,8 @@ back to the generic score (the prior). The score is the predicted stars mapped o
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch.nn import functional as F
 
@@ -72,5 +74,12 @@ class TasteScorer(Scorer):
 
     @classmethod
     def from_saved(cls, config: dict, tensors: dict, backbone: Backbone) -> TasteScorer:
+        fitted_on = (config.get("backbone") or {}).get("weights_id")
+        if fitted_on and fitted_on != backbone.weights_id:  # the probe's check: features of other weights
+            warnings.warn(
+                f"taste head was fitted on features of {fitted_on!r} but is applied to "
+                f"{backbone.weights_id!r}",
+                stacklevel=2,
+            )
         prompts = (config.get("prior") or {}).get("prompts")
         return cls(backbone, tensors, config.get("fit"), prompts, Calibration.from_config(config))
