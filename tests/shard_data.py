@@ -107,3 +107,32 @@ def make_shards(folder: Path, per_tar: int = 3) -> ShardSet:
     pq.write_table(pa.table(rows, schema=pa.schema([("key", pa.string()), ("jpg", pa.binary()),
                                                     ("caption", pa.string())])), parquet)  # fmt: skip
     return ShardSet(folder, tars, parquet, keys, images, errors)
+
+
+def write_curator_set(folder: Path, shards: int = 8, per_shard: int = 5) -> tuple[list[Path], dict]:
+    """img2dataset-style tars (``.jpg`` + ``.txt`` + ``.json`` per sample) with three broken samples: a
+    truncated JPEG (shard 1), a sample without an image (shard 3), a text file named .jpg (shard 5).
+
+    Returns the tars and, per (shard name, key), the sample's ``.json`` fields.
+    """
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tars, metas = [], {}
+    for s in range(shards):
+        members = []
+        for i in range(per_shard):
+            key = f"{s:05d}{i:04d}"
+            meta = {"url": f"https://example.org/{key}.jpg", "caption": f"photo {key}", "width": 96,
+                    "height": 72, "status": "success"}  # fmt: skip
+            metas[f"{s:05d}", key] = meta
+            image = encoded(100 * s + i)
+            if (s, i) == (1, 2):
+                image = image[: len(image) // 3]  # truncated JPEG
+            if (s, i) == (5, 1):
+                image = b"<html>not found</html>"  # a text file named .jpg
+            if (s, i) != (3, 4):  # no image in this sample
+                members.append((f"{key}.jpg", image))
+            members += [(f"{key}.txt", meta["caption"].encode()), (f"{key}.json", json.dumps(meta).encode())]
+        tars.append(write_tar(folder / f"{s:05d}.tar", members))
+    return tars, metas
