@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from pathlib import Path
 
@@ -41,7 +42,9 @@ def test_hf_hub_spec_from_cache(tiny_clip_dir: Path) -> None:
     backbone = load_backbone("hf-hub:someorg/tiny-clip", device="cpu")
     saved = load_file(snapshot / "open_clip_model.safetensors")
     assert torch.equal(backbone.model.state_dict()["text_projection"], saved["text_projection"])
-    assert backbone.weights_id == "hf-hub:someorg/tiny-clip@" + "0" * 40  # the repo at its cached revision
+    digest = hashlib.sha256((snapshot / "open_clip_model.safetensors").read_bytes()).hexdigest()
+    # the repo at its cached revision, and the weights file loaded from it
+    assert backbone.weights_id == f"hf-hub:someorg/tiny-clip@{'0' * 40}:sha256:{digest}"
 
 
 @pytest.fixture(scope="session")

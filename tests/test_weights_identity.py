@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 
 import huggingface_hub.constants
+import open_clip
 import pytest
 import timm
 import torch
@@ -105,3 +108,68 @@ def test_miil_weights_file_gets_miil_preprocessing(tmp_path: Path) -> None:
     other = tmp_path / "resnet18_other.pth"
     torch.save(model.state_dict(), other)
     assert load_backbone("timm:resnet18", str(other), device="cpu").preprocess_cfg.std != (1.0, 1.0, 1.0)
+
+
+def cache_revision(repo: str, revision: str, seed: int, *, linked: bool) -> Path:
+    """A revision of a tiny open_clip repo in the Hugging Face cache, ``refs/main`` pointed at it.
+
+    ``linked``: the hub's own layout (snapshot files link to ``blobs/<sha256 of the content>``); else
+    plain files in the snapshot folder (a cache copied without links).
+    """
+    repo_dir = Path(huggingface_hub.constants.HF_HUB_CACHE) / f"models--{repo.replace('/', '--')}"
+    snapshot = repo_dir / "snapshots" / revision
+    save_open_clip_dir(snapshot, TINY_CLIP_CONFIG, seed=seed)
+    if linked:
+        (repo_dir / "blobs").mkdir(exist_ok=True)
+        for file in list(snapshot.iterdir()):
+            blob = repo_dir / "blobs" / hashlib.sha256(file.read_bytes()).hexdigest()
+            file.replace(blob)
+            file.symlink_to(os.path.relpath(blob, snapshot))
+    (repo_dir / "refs").mkdir(exist_ok=True)
+    (repo_dir / "refs" / "main").write_text(revision)
+    return snapshot
+
+
+def test_tag_identity_follows_the_revision_refs_main_points_to(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tag names weights only at one hub revision: moving refs/main must not reuse the old text
+    embeddings or features (the scores were off by up to 8 on the 1-10 scale)."""
+    name, tag, repo = "tiny-tag-clip", "testtag", "someorg/tiny-tag-clip"
+    monkeypatch.setitem(open_clip.factory._MODEL_CONFIGS, name, TINY_CLIP_CONFIG)
+    monkeypatch.setitem(open_clip.pretrained._PRETRAINED, name, {tag: {"hf_hub": f"{repo}/"}})
+    first, second = "a" * 40, "b" * 40
+    old_snapshot = cache_revision(repo, first, seed=1, linked=True)
+    ava = make_synthetic_ava(tmp_path / "AVA_dataset", n=12, seed=0, size=40)
+    dataset = DatasetSpec("ava", str(ava))
+
+    old = load_backbone(name, tag, device="cpu")
+    weights = (old_snapshot / "open_clip_model.safetensors").read_bytes()
+    assert old.weights_id == f"{name}:{tag}@{first}:sha256:{hashlib.sha256(weights).hexdigest()}"
+    old_text = encode_texts(old, TEXTS)
+    embed_dataset(dataset, old, tmp_path / "cache", workers=0, progress=False)
+
+    cache_revision(repo, second, seed=2, linked=True)  # a newer upload: refs/main moves
+    new = load_backbone(name, tag, device="cpu")
+    assert new.weights_id.startswith(f"{name}:{tag}@{second}:sha256:")
+    fresh = encode_texts(new, TEXTS, use_cache=False)
+    assert not torch.allclose(fresh, old_text)
+    assert torch.equal(encode_texts(new, TEXTS), fresh)  # not the old revision's cached embedding
+    with pytest.raises(ValueError, match="weights_id"):  # nor its features
+        embed_dataset(dataset, new, tmp_path / "cache", workers=0, progress=False)
+
+
+def test_hub_spec_identity_is_the_file_loaded_even_in_one_revision(tmp_path: Path) -> None:
+    repo = "someorg/tiny-replaced-clip"
+    snapshot = cache_revision(repo, "c" * 40, seed=1, linked=False)  # a cache copied without links
+    old = load_backbone(f"hf-hub:{repo}", device="cpu")
+    weights = snapshot / "open_clip_model.safetensors"
+    assert (
+        old.weights_id
+        == f"hf-hub:{repo}@{'c' * 40}:sha256:{hashlib.sha256(weights.read_bytes()).hexdigest()}"
+    )
+    old_text = encode_texts(old, TEXTS)
+    save_open_clip_dir(snapshot, TINY_CLIP_CONFIG, seed=2)  # the same revision folder, other weights
+    new = load_backbone(f"hf-hub:{repo}", device="cpu")
+    assert new.weights_id != old.weights_id
+    assert not torch.allclose(encode_texts(new, TEXTS), old_text)

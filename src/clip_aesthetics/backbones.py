@@ -23,7 +23,7 @@ from torch import nn
 
 from .constants import DEFAULT_MODEL, DEFAULT_PRETRAINED
 from .fileio import file_digest, folder_digest
-from .weights import WeightsNotFoundError, hub_file
+from .weights import WeightsNotFoundError, hub_file, snapshot_identity
 
 RANDOM_WEIGHTS = ("none", "random")
 _OPEN_CLIP_WEIGHT_NAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
@@ -159,8 +159,8 @@ def _cpu_bf16_autocast() -> bool:
 
 
 def _hub_identity(repo: str, cached_file: str) -> str:
-    """``repo@revision``: a file in the Hugging Face cache sits in ``snapshots/<commit>/``."""
-    return f"{repo}@{Path(cached_file).parent.name}"
+    """``repo@revision:sha256:...``: the snapshot and the weights file actually loaded from the cache."""
+    return f"{repo}@{snapshot_identity(cached_file)}"
 
 
 def _clip_preprocess(model: nn.Module) -> PreprocessConfig:
@@ -220,9 +220,9 @@ def _load_open_clip(spec: str, pretrained: str | None, quick_gelu: bool | None) 
         repo = spec.removeprefix("hf-hub:")
         hint = "pass --model local-dir:FOLDER with open_clip_config.json and the weights"
         config = hub_file(repo, ("open_clip_config.json",), f"config of {repo}", hint)
-        hub_file(repo, _OPEN_CLIP_WEIGHT_NAMES, f"weights of {repo}", hint)
+        weights = hub_file(repo, _OPEN_CLIP_WEIGHT_NAMES, f"weights of {repo}", hint)
         # both files sit in one cache snapshot folder: load it as a local dir, nothing touches the network
-        name, weights_id = f"local-dir:{Path(config).parent}", f"hf-hub:{_hub_identity(repo, config)}"
+        name, weights_id = f"local-dir:{Path(config).parent}", f"hf-hub:{_hub_identity(repo, weights)}"
     elif spec.startswith("local-dir:"):
         folder = _local_dir_checked(spec.removeprefix("local-dir:"))
         name, weights_id = f"local-dir:{folder}", folder_digest(folder)
@@ -255,7 +255,8 @@ def _load_open_clip(spec: str, pretrained: str | None, quick_gelu: bool | None) 
             kwargs["force_preprocess_cfg"] = {
                 k: cfg[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in cfg
             }
-            weights_id = f"{name}:{pretrained}"
+            # the tag names the weights only at one hub revision: the snapshot and file loaded say which
+            weights_id = f"{name}:{pretrained}@{snapshot_identity(kwargs['pretrained'])}"
     model = open_clip.create_model(name, **kwargs)
     model.eval()
     tokenizer = open_clip.get_tokenizer(name)

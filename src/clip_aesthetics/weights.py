@@ -8,11 +8,15 @@ or which flag to pass, so every hub file goes through :func:`hub_file` here.
 from __future__ import annotations
 
 import os
+import re
 import socket
+from pathlib import Path
 from urllib.parse import urlparse
 
 from huggingface_hub import constants as hf_constants
 from huggingface_hub import hf_hub_download, try_to_load_from_cache
+
+from .fileio import file_digest
 
 
 class WeightsNotFoundError(RuntimeError):
@@ -26,6 +30,24 @@ def cached_hub_file(repo_id: str, filenames: tuple[str, ...]) -> str | None:
         if isinstance(found, str) and os.path.isfile(found):
             return found
     return None
+
+
+def snapshot_identity(cached_file: str | os.PathLike) -> str:
+    """``<revision>:sha256:<hex>`` of a file in the Hugging Face cache: which weights were actually loaded.
+
+    A tag or a hub name resolves through ``refs/main`` to ``snapshots/<commit>/FILE``; when the ref moves
+    (a newer upload, another cache copied in) the same name gives other weights, so every cache keys on
+    this instead. The content digest is free where the hub left it: a snapshot file links to
+    ``blobs/<sha256>`` (large files are stored under their sha256); a plain copy is hashed once per process.
+    """
+    path = Path(cached_file)
+    parts = path.parts[:-1]
+    at = max((i for i, part in enumerate(parts) if part == "snapshots"), default=None)
+    revision = parts[at + 1] if at is not None and at + 1 < len(parts) else "local"
+    blob = Path(os.path.realpath(path))
+    if blob.parent.name == "blobs" and re.fullmatch(r"[0-9a-f]{64}", blob.name):
+        return f"{revision}:sha256:{blob.name}"
+    return f"{revision}:{file_digest(path)}"
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
