@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -174,3 +175,21 @@ def test_iter_batches_runs_the_analysis_where_it_decodes(tmp_path: Path, workers
             errors += [i for i, _ in batch.errors]
             assert tuple(batch.images.shape[1:]) == (3, 32, 32)
         assert found == {0: large, 2: (90, 60)} and errors == [1]
+
+
+def test_grouping_alike_frames_in_bounded_memory() -> None:
+    """6,000 frames all alike (a time-lapse copied without times): one group, in tiles, not N² links.
+
+    The pairwise links alone would be 36 million pairs (over 500 MB as index arrays); the tiles keep the peak
+    to a few megabytes."""
+    rng = np.random.default_rng(0)
+    embeddings = (np.ones((6000, 16)) + rng.normal(0, 0.01, (6000, 16))).astype(np.float32)
+    tracemalloc.start()
+    try:
+        untimed = group_frames(embeddings, similarity=0.9)
+        timed = group_frames(embeddings, [float(i % 7) for i in range(6000)], ["file"] * 6000, similarity=0.9)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert (untimed == 0).all() and (timed == 0).all()
+    assert peak < 64 * 2**20, f"peak {peak / 2**20:.0f} MB"

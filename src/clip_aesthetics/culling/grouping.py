@@ -23,7 +23,8 @@ DEFAULT_SIMILARITY = 0.92
 DEFAULT_MAX_GAP = 10.0  # seconds between linked frames
 SOFT_RATIO = 0.5
 CLIPPING_PENALTY = 2.0  # score points lost per unit fraction of clipped pixels beyond the limits
-BLOCK = 1024  # rows of the similarity matrix computed at once
+BLOCK = 512  # rows of the similarity matrix computed at once
+TILE = 2048  # columns per tile: a tile holds at most BLOCK x TILE links (1 million)
 
 
 def group_frames(
@@ -35,6 +36,11 @@ def group_frames(
     max_gap: float = DEFAULT_MAX_GAP,
 ) -> np.ndarray:
     """Group index (0..G-1, in order of each group's first frame) for every frame.
+
+    Memory grows linearly with the frames: the similarity matrix is computed in tiles of
+    :data:`BLOCK` x :data:`TILE` pairs, each tile's links are merged into a union-find at once, and a tile
+    whose frames are all in one group already is skipped (a shoot of 50,000 alike frames is one group after
+    its first row of tiles).
 
     Args:
         embeddings: (N, D) image embeddings (normalised here).
@@ -50,7 +56,7 @@ def group_frames(
     names = ["" if sources is None or s is None else s for s in (sources or [None] * n)]
     clock = np.unique(names, return_inverse=True)[1].reshape(n) if n else np.zeros(0, int)
     clock[np.isnan(t)] = -1  # no time: compared with every frame by content alone
-    edges: list[tuple[np.ndarray, np.ndarray]] = []
+    groups = _UnionFind(n)
     for code in np.unique(clock[clock >= 0]):
         timed = np.flatnonzero(clock == code)
         timed = timed[np.argsort(t[timed], kind="stable")]
@@ -60,37 +66,75 @@ def group_frames(
             # frames sorted by time: only a band of columns can be within max_gap of this block
             lo = np.searchsorted(t[timed], t[rows[0]] - max_gap, side="left")
             hi = np.searchsorted(t[timed], t[rows[-1]] + max_gap, side="right")
-            band = timed[lo:hi]
-            close = np.abs(t[rows, None] - t[None, band]) <= max_gap
-            edges.append(_linked(x, rows, band, similarity, close))
-            edges.append(_linked(x, rows, others, similarity))
+            _link(groups, x, rows, timed[lo:hi], similarity, t, max_gap)
+            _link(groups, x, rows, others, similarity)
     untimed = np.flatnonzero(clock < 0)
     for start in range(0, len(untimed), BLOCK):
-        edges.append(_linked(x, untimed[start : start + BLOCK], untimed, similarity))
-    i = np.concatenate([e[0] for e in edges] or [np.zeros(0, int)])
-    j = np.concatenate([e[1] for e in edges] or [np.zeros(0, int)])
-    return _components(n, i, j)
+        _link(groups, x, untimed[start : start + BLOCK], untimed, similarity)
+    return groups.labels()
 
 
-def _linked(x: np.ndarray, rows: np.ndarray, cols: np.ndarray, similarity: float, mask=None):
-    """(i, j) of the pairs of ``rows`` x ``cols`` alike in content (and within ``mask`` when given)."""
-    if not len(rows) or not len(cols):
-        return np.zeros(0, int), np.zeros(0, int)
-    linked = x[rows] @ x[cols].T >= similarity
-    if mask is not None:
-        linked &= mask
-    i, j = np.nonzero(linked)
-    return rows[i], cols[j]
+class _UnionFind:
+    """Disjoint sets over frames, merged a tile of links at a time (vectorised)."""
+
+    def __init__(self, n: int) -> None:
+        self.parent = np.arange(n)
+
+    def roots(self, items: np.ndarray) -> np.ndarray:
+        found = self.parent[items]
+        while True:  # path halving, the whole array at once
+            up = self.parent[found]
+            if np.array_equal(up, found):
+                return found
+            self.parent[found] = self.parent[up]
+            found = up
+
+    def merge(self, i: np.ndarray, j: np.ndarray) -> None:
+        """Join the sets of each pair (i[k], j[k])."""
+        a, b = self.roots(i), self.roots(j)
+        pairs = np.unique(np.stack([a, b])[:, a != b], axis=1)
+        if not pairs.shape[1]:
+            return
+        nodes, local = np.unique(pairs, return_inverse=True)
+        local = local.reshape(2, -1)
+        graph = sparse.coo_matrix(
+            (np.ones(local.shape[1], bool), (local[0], local[1])), shape=(len(nodes),) * 2
+        )
+        _, component = csgraph.connected_components(graph, directed=False)
+        leader = np.full(component.max() + 1, len(self.parent))
+        np.minimum.at(leader, component, nodes)
+        self.parent[nodes] = leader[component]
+
+    def labels(self) -> np.ndarray:
+        """Groups numbered in order of their first frame."""
+        roots = self.roots(np.arange(len(self.parent)))
+        _, first, inverse = np.unique(roots, return_index=True, return_inverse=True)
+        order = np.argsort(np.argsort(first))  # group k's rank by first frame
+        return order[inverse.reshape(-1)].astype(np.int64)
 
 
-def _components(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
-    """Connected components numbered in order of their first frame."""
-    graph = sparse.coo_matrix((np.ones(len(i), bool), (i.astype(int), j.astype(int))), shape=(n, n))
-    _, labels = csgraph.connected_components(graph, directed=False)
-    _, first = np.unique(labels, return_index=True)
-    renumber = np.empty(len(first), dtype=np.int64)
-    renumber[labels[np.sort(first)]] = np.arange(len(first))
-    return renumber[labels]
+def _link(groups: _UnionFind, x, rows, cols, similarity, t=None, max_gap=None) -> None:
+    """Merge the pairs of ``rows`` x ``cols`` alike in content (and, with ``t``, within ``max_gap``).
+
+    A tile's links are reduced to its connected components first, so the union-find sees at most one
+    link per frame of the tile, however many pairs are alike."""
+    for start in range(0, len(cols), TILE):
+        part = cols[start : start + TILE]
+        if not len(rows) or not len(part):
+            continue
+        roots = groups.roots(np.concatenate([rows, part]))
+        if (roots == roots[0]).all():
+            continue  # one group already: nothing to learn from this tile
+        linked = x[rows] @ x[part].T >= similarity
+        if t is not None:
+            linked &= np.abs(t[rows, None] - t[None, part]) <= max_gap
+        i, j = np.nonzero(linked)
+        size = len(rows) + len(part)
+        tile = sparse.coo_matrix((np.ones(len(i), bool), (i, j + len(rows))), shape=(size, size))
+        del linked, i, j
+        _, component = csgraph.connected_components(tile, directed=False)
+        _, first = np.unique(component, return_index=True)
+        groups.merge(roots, roots[first[component]])
 
 
 def quality(score: float, highlights: float, shadows: float) -> float:
