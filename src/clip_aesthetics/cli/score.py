@@ -153,6 +153,9 @@ def score(
     ray_timeout: float = typer.Option(
         60.0, min=1.0, help="Shards, ray: seconds to wait for --ray-address before giving up."
     ),
+    ray_stall_timeout: float = typer.Option(
+        600.0, min=1.0, help="Shards, ray: stop (shards kept) when nothing is scored for this many seconds."
+    ),
     actors: int = typer.Option(
         None, min=1, help="Shards, ray: scorer actors, one model copy each (default: from the cluster)."
     ),
@@ -194,7 +197,7 @@ def score(
             engine=engine, batch_size=batch_size, workers=workers, precision=precision_name, device=device,
             max_pixels=max_pixels, embeddings=embeddings, image_column=image_column, key_column=key_column,
             ray_address=ray_address, actors=actors, gpus_per_actor=gpus_per_actor,
-            cpus_per_actor=cpus_per_actor, ray_timeout=ray_timeout,
+            cpus_per_actor=cpus_per_actor, ray_timeout=ray_timeout, stall_timeout=ray_stall_timeout,
             metadata=tuple(f.strip() for f in metadata.split(",") if f.strip()),
         )  # fmt: skip
         return score_shards_command(paths or [], output, recipe, options, overwrite)

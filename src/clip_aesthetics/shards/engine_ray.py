@@ -12,9 +12,14 @@ leaving CPUs to the read tasks (an actor pool that takes every CPU would wait fo
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import math
+import os
+import queue
 import socket
 import sys
+import threading
 from collections.abc import Iterator
 
 import numpy as np
@@ -114,15 +119,62 @@ def connect(address: str | None, timeout: float) -> bool:
     if ray.is_initialized():
         return False
     if address:
-        _probe(address, timeout)
-        ray.init(address=address, configure_logging=False)
+        host = _probe(address, timeout)
+        with _loopback_only(_is_loopback(host)):  # a cluster on this machine's loopback: join it there
+            ray.init(address=address, configure_logging=False)
         return False
-    ray.init(include_dashboard=False, configure_logging=False, _node_ip_address=LOCAL_HOST)
+    start_local_ray()
     return True
 
 
-def _probe(address: str, timeout: float) -> None:
-    """Raise RuntimeError when the Ray cluster at ``address`` does not answer within ``timeout`` seconds."""
+def start_local_ray(**init_options) -> None:
+    """``ray.init`` of a single-node Ray that listens on 127.0.0.1 only.
+
+    Ray turns ``_node_ip_address="127.0.0.1"`` into the machine's address and then listens on every
+    interface, unless it believes multi-node clusters are off (its Windows/macOS switch): set for the
+    processes it starts here.
+    """
+    import ray
+
+    with _loopback_only(True):
+        ray.init(
+            include_dashboard=False, configure_logging=False, _node_ip_address=LOCAL_HOST, **init_options
+        )
+
+
+@contextlib.contextmanager
+def _loopback_only(active: bool):
+    """While active, Ray resolves this node's address to 127.0.0.1 (the processes it spawns inherit it)."""
+    if not active:
+        yield
+        return
+    from ray._private import ray_constants
+
+    saved_env = os.environ.get(_CLUSTER_SWITCH)
+    saved = ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[_CLUSTER_SWITCH], ray_constants.ENABLE_RAY_CLUSTER = "0", False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved
+        if saved_env is None:
+            os.environ.pop(_CLUSTER_SWITCH, None)
+        else:
+            os.environ[_CLUSTER_SWITCH] = saved_env
+
+
+_CLUSTER_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def _probe(address: str, timeout: float) -> str:
+    """The host of the Ray cluster at ``address``; RuntimeError when it does not answer in ``timeout`` s."""
     from ray._private.services import canonicalize_bootstrap_address
 
     target = address.removeprefix("ray://")
@@ -143,6 +195,41 @@ def _probe(address: str, timeout: float) -> None:
             f"cannot reach the Ray cluster at {address} within {timeout:g} s ({exc}); check the address "
             "and that `ray start --head` runs there"
         ) from None
+    return host
+
+
+def _watched(batches: Iterator, stall_timeout: float) -> Iterator:
+    """``batches``, but a Ray job that fails or yields nothing for ``stall_timeout`` seconds (a lost node
+    whose actors cannot be placed again, say) ends with a message instead of waiting forever."""
+    found: queue.Queue = queue.Queue(maxsize=2)
+
+    def pump() -> None:
+        try:
+            for batch in batches:
+                found.put((True, batch))
+            found.put((False, None))
+        except BaseException as exc:  # handed to the caller: Ray's errors have many types
+            found.put((False, exc))
+
+    threading.Thread(target=pump, name="ray-batches", daemon=True).start()
+    while True:
+        try:
+            more, item = found.get(timeout=stall_timeout)
+        except queue.Empty:
+            raise RuntimeError(
+                f"the Ray job scored nothing for {stall_timeout:g} s (a lost node, or no CPU left for "
+                "reading?); the shards written so far are kept: rerun the same command"
+            ) from None
+        if more:
+            yield item
+        elif item is None:
+            return
+        else:
+            first_line = (str(item).splitlines() or [""])[0]
+            raise RuntimeError(
+                f"the Ray job failed ({type(item).__name__}: {first_line}); the shards written so far are "
+                "kept: rerun the same command"
+            ) from item
 
 
 def run_ray(recipe, scorer, run, options: EngineOptions, indexed: list[tuple[int, Shard]]) -> Iterator:
@@ -183,7 +270,9 @@ def run_ray(recipe, scorer, run, options: EngineOptions, indexed: list[tuple[int
             num_gpus=options.gpus_per_actor or None,
             num_cpus=cpus_per_actor,
         )
-        yield from dataset.iter_batches(batch_size=None, batch_format="pyarrow")
+        yield from _watched(
+            dataset.iter_batches(batch_size=None, batch_format="pyarrow"), options.stall_timeout
+        )
     finally:
         if started:
             ray.shutdown()

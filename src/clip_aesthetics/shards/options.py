@@ -48,6 +48,7 @@ class EngineOptions:
     metadata: tuple[str, ...] = DEFAULT_METADATA  # fields of each sample's .json (Parquet: columns) kept
     ray_address: str | None = None
     ray_timeout: float = 60.0  # seconds to wait for --ray-address before giving up
+    stall_timeout: float = 600.0  # Ray: seconds without a scored batch before the run stops with a message
     actors: int | None = None  # None: from the cluster's CPUs/GPUs (engine_ray.plan_actors)
     gpus_per_actor: float = 0.0
     cpus_per_actor: float | None = None
