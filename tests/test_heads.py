@@ -139,7 +139,7 @@ def test_head_saved_loaded_scores_the_same(name: str, backbone, images, tmp_path
     loaded = load_scorer(path, device="cpu")  # rebuilds the backbone from the spec the file names
     assert type(loaded) is type(scorer)
     _close(scorer.score_images(images), loaded.score_images(images), atol=1e-6)
-    if scorer.tensors():
+    if scorer.tensors() and not getattr(scorer, "config_rebuilds_tensors", False):
         with pytest.raises(ValueError, match="hold tensors"):
             save_scorer(scorer, tmp_path / f"{name}.json")
     else:

@@ -138,10 +138,29 @@ class Backbone(nn.Module):
         return tower
 
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
-        """CLIP text embeddings of tokenized texts."""
+        """CLIP text embeddings (unnormalised) of tokenized texts (N, context length).
+
+        A causal text tower (CLIP's own) is run only up to the position it pools from, the batch's longest
+        text: the padding after it cannot change the result, and a prompt of a dozen tokens then costs a
+        sixth of the 77-token context. Other towers (Hugging Face text models) see the whole context.
+        """
         if not self.has_text:
             raise TypeError(f"{self.spec} is an image-only model: it has no text encoder")
-        return self.model.encode_text(tokens.to(self.device))
+        tokens = tokens.to(self.device)
+        causal = self._causal_text()
+        return self.model.encode_text(tokens) if causal is None else causal.encode(tokens)
+
+    def text_lengths(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Tokens the text tower must see for each text: up to the pooled one, or the whole context."""
+        causal = self._causal_text() if self.has_text else None
+        if causal is None:
+            return torch.full((len(tokens),), tokens.shape[-1])
+        return causal.pool_index(tokens) + 1
+
+    def _causal_text(self) -> CausalTextTower | None:
+        if "_causal_tower" not in self.__dict__:  # decided once; kept out of the module tree (not saved)
+            self.__dict__["_causal_tower"] = causal_text_tower(self.model)
+        return self.__dict__["_causal_tower"]
 
     def tokenize(self, texts: list[str]) -> torch.Tensor:
         if not self.has_text:
@@ -168,6 +187,82 @@ def _clip_preprocess(model: nn.Module) -> PreprocessConfig:
     size = cfg.get("size", 224)
     size = size if isinstance(size, int) else int(size[0])
     return PreprocessConfig(
+@dataclass(frozen=True)
+class CausalTextTower:
+    """An open_clip text transformer whose pooled output depends only on the tokens up to the pooled one.
+
+    That holds for CLIP's text tower (and a ``CustomTextCLIP``'s ``TextTransformer``) with its causal mask
+    and argmax/eos/first pooling: each position attends to earlier positions only, every other layer works
+    per token. :meth:`encode` repeats open_clip's ``encode_text`` on the first ``L`` tokens.
+    """
+
+    tower: nn.Module  # holds token_embedding, positional_embedding, transformer, ln_final, text_projection
+    pool_type: str
+    eos_id: int | None
+
+    def pool_index(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The position pooled from (open_clip's ``text_global_pool``): EOT (argmax), eos, or the first."""
+        if self.pool_type == "argmax":
+            return tokens.argmax(dim=-1)
+        if self.pool_type == "eos":
+            return (tokens == self.eos_id).int().argmax(dim=-1)
+        return torch.zeros(len(tokens), dtype=torch.long, device=tokens.device)
+
+    def encode(self, tokens: torch.Tensor) -> torch.Tensor:
+        tower, index = self.tower, self.pool_index(tokens)
+        length = int(index.max()) + 1 if len(tokens) else 1
+        cast_dtype = tower.transformer.get_cast_dtype()
+        x = tower.token_embedding(tokens[:, :length]).to(cast_dtype)
+        x = x + tower.positional_embedding[:length].to(cast_dtype)
+        x = tower.transformer(x, attn_mask=tower.attn_mask[:length, :length])
+        x = tower.ln_final(x)[torch.arange(len(tokens), device=x.device), index]
+        projection = tower.text_projection
+        if projection is None:
+            return x
+        return projection(x) if isinstance(projection, nn.Linear) else x @ projection
+
+
+_PER_TOKEN_BLOCKS = (
+    open_clip.transformer.ResidualAttentionBlock,
+    open_clip.transformer.CustomResidualAttentionBlock,
+)
+
+
+def causal_text_tower(model: nn.Module) -> CausalTextTower | None:
+    """The model's text tower when running it on fewer tokens is exact by construction, else None.
+
+    Checked, not assumed: the very open_clip classes whose code :meth:`CausalTextTower.encode` repeats, a
+    strictly causal mask, no class token or padding mask (both see the tokens after the text), a pooling
+    that picks one position, and blocks in which only the masked attention mixes positions.
+    """
+    layers = open_clip.transformer
+    if type(model) is open_clip.CLIP:
+        tower, pool_type, eos_id = model, model.text_pool_type, getattr(model, "text_eos_id", None)
+    elif type(model) is open_clip.CustomTextCLIP and type(model.text) is layers.TextTransformer:
+        tower, pool_type, eos_id = model.text, model.text.pool_type, model.text.eos_id
+        if tower.cls_emb is not None or tower.use_pad_mask or tower.output_tokens:
+            return None
+    else:
+        return None  # e.g. a Hugging Face text model: bidirectional, keep the full context
+    blocks = getattr(tower.transformer, "resblocks", ())
+    if (
+        pool_type not in ("argmax", "eos", "first")
+        or type(tower.transformer) not in (layers.Transformer, layers.CustomTransformer)
+        or not all(type(block) in _PER_TOKEN_BLOCKS for block in blocks)
+        or not _is_causal_mask(tower.attn_mask)
+    ):
+        return None
+    return CausalTextTower(tower, pool_type, eos_id)
+
+
+def _is_causal_mask(mask: torch.Tensor | None) -> bool:
+    """An additive mask that hides exactly the later positions (-inf above the diagonal, 0 elsewhere)."""
+    if mask is None or mask.dim() != 2 or mask.shape[0] != mask.shape[1] or not mask.is_floating_point():
+        return False
+    later = torch.ones(mask.shape, dtype=torch.bool, device=mask.device).triu(1)
+    return bool(torch.equal(torch.isneginf(mask), later) and (mask[~later] == 0).all())
+
+
         size=size,
         resize_size=size,
         interpolation=cfg.get("interpolation", "bicubic"),

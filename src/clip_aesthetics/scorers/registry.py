@@ -37,6 +37,9 @@ def register_scorer(cls: type) -> type:
 def save_scorer(scorer, path: str | os.PathLike, tensors: dict[str, torch.Tensor] | None = None) -> Path:
     """Write ``scorer``'s config and tensors to ``path`` (``.json`` only for tensor-free scorers), atomically.
 
+    A scorer whose tensors its config can rebuild (``config_rebuilds_tensors``: zero-shot prompts, encoded
+    again on load) may be saved as ``.json`` too, without them.
+
     Args:
         scorer: anything with ``method``, ``config()`` and ``tensors()`` (every registered scorer).
         tensors: tensors to store instead of ``scorer.tensors()`` (the trainer saves its best epoch's).
@@ -46,7 +49,7 @@ def save_scorer(scorer, path: str | os.PathLike, tensors: dict[str, torch.Tensor
     tensors = scorer.tensors() if tensors is None else tensors
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".json":
-        if tensors:
+        if tensors and not getattr(scorer, "config_rebuilds_tensors", False):
             raise ValueError(f"{scorer.method} scorers hold tensors: save them as .safetensors, not .json")
         return atomic_write_text(path, json.dumps(config, indent=2))
     if path.suffix != ".safetensors":

@@ -65,6 +65,7 @@ class ZeroShotScorer(Scorer):
     """
 
     method = "zeroshot"
+    config_rebuilds_tensors = True  # a .json file keeps the prompts only; they are encoded on load
 
     def __init__(
         self,
@@ -75,6 +76,7 @@ class ZeroShotScorer(Scorer):
         strategy: str = "ensemble",
         context_prompts: tuple[str, ...] | None = None,
         formula: str = "cosine",
+        encoded: dict[str, torch.Tensor] | None = None,
     ) -> None:
         super().__init__(backbone, calibration)
         if not backbone.has_text:
@@ -84,6 +86,10 @@ class ZeroShotScorer(Scorer):
         self.prompts = prompts or default_prompts()
         self.formula = check_formula(formula)
         self.recipe, self.strategy, self.context_prompts = recipe, strategy, context_prompts
+        if encoded is not None:  # the groups as a scorer file holds them: the text tower is not run
+            for name, tensor in _checked_encoded(encoded, strategy, backbone).items():
+                self.register_buffer(name, tensor.to(backbone.device))
+            return
         positive, negative = (
             encode_texts(backbone, texts, normalize=False)
             for texts in (self.prompts.positive, self.prompts.negative)
@@ -121,6 +127,11 @@ class ZeroShotScorer(Scorer):
         raw = LOGIT_SCALE * similarity
         return ScoreOutput(score=1.0 + 9.0 * torch.sigmoid(raw), raw=raw)
 
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The encoded prompt groups: a loaded ``.safetensors`` file (a Ray actor, the app, a rerun) scores
+        with them instead of running 2 x 1,000 prompts through the text tower again."""
+        return dict(self.named_buffers(recurse=False))
+
     def config(self) -> dict:
         return {
             **super().config(),
@@ -144,4 +155,21 @@ class ZeroShotScorer(Scorer):
             strategy=config.get("strategy", "ensemble"),
             context_prompts=context,
             formula=config.get("formula", LEGACY_FORMULA),
+            encoded=tensors if tensors and _same_text_tower(config["backbone"], backbone) else None,
         )
+
+
+def _same_text_tower(described: dict, backbone: Backbone) -> bool:
+    """Whether a file's groups were encoded by this backbone's text tower (weights, model, activation),
+    so that its tensors stand for the prompts; otherwise they are encoded again (a ``.json`` file, or a
+    file put on other weights with ``load_scorer(path, backbone=...)``)."""
+    mine = backbone.describe()
+    return all(described.get(k) == mine[k] for k in ("model", "weights_id", "quick_gelu"))
+
+
+def _checked_encoded(encoded: dict, strategy: str, backbone: Backbone) -> dict[str, torch.Tensor]:
+    names = {"positive", "negative"} | ({"contexts"} if strategy == "context" else set())
+    if set(encoded) != names or any(t.shape[-1] != backbone.feature_dim for t in encoded.values()):
+        shapes = {k: tuple(v.shape) for k, v in encoded.items()}
+        raise ValueError(f"encoded prompt groups {shapes} do not fit a {strategy} head on {backbone.spec}")
+    return encoded
