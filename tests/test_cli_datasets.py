@@ -45,10 +45,10 @@ def test_synth_ava_writes_and_refuses_a_non_empty_folder(tmp_path: Path) -> None
     result = run("synth-ava", out, "--n", 30, "--seed", 4, "--size", 48, "--n-corrupt", 1)
     assert result.exit_code == 0, result.output
     test_list = out / "aesthetics_image_lists" / "generic_test.jpgl"
-    assert len(test_list.read_text().split()) == 3
+    assert len(test_list.read_text().split()) == 7  # 10% would be 3, all but one missing: 5 readable kept
     assert len((out / "AVA.txt").read_text().splitlines()) == 30
     assert len(list((out / "images").glob("*.jpg"))) == 28  # 2 test images missing by default
-    assert _one_line_error(run("synth-ava", out, "--n", 30)).endswith("pass exist_ok=True to write into it")
+    assert _one_line_error(run("synth-ava", out, "--n", 30)).endswith("pass --exist-ok to write into it")
 
 
 def test_verify_finds_missing_and_corrupt_images(broken_ava: Path) -> None:

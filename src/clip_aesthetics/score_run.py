@@ -43,7 +43,6 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from . import __version__
-from .features.cache import _first_difference
 from .fileio import (
     OutputLock,
     atomic_path,
@@ -90,6 +89,35 @@ class ScoreInterrupted(Exception):
 def parts_folder_for(output: str | os.PathLike) -> Path:
     """``ranked.csv`` -> ``.ranked.csv.parts``: the hidden work folder beside the output."""
     return sibling_path(output, ".", ".parts")
+
+
+def setting_difference(old, new, where: str = "") -> str | None:
+    """The first setting that differs, in a line a person reads: long lists are summarised by how many
+    items differ (1,000 prompts are not printed), long values are cut."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in dict.fromkeys([*old, *new]):
+            found = setting_difference(old.get(key), new.get(key), f"{where}.{key}" if where else key)
+            if found:
+                return found
+        return None
+    if old == new:
+        return None
+    if isinstance(old, list) and isinstance(new, list):
+        differ = sum(a != b for a, b in zip(old, new, strict=False)) + abs(len(old) - len(new))
+        first = next(
+            (i for i, (a, b) in enumerate(zip(old, new, strict=False)) if a != b), min(len(old), len(new))
+        )
+        return (
+            f"{where}: {differ} of {max(len(old), len(new))} items differ (the parts have {len(old)}, "
+            f"first differing at {first}: {_short(old[first] if first < len(old) else None)} "
+            f"-> {_short(new[first] if first < len(new) else None)})"
+        )
+    return f"{where}: the parts have {_short(old)}, this run {_short(new)}"
+
+
+def _short(value, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def default_part_rows(batch_size: int) -> int:
@@ -147,7 +175,7 @@ class PartStore:
     def _open(self, overwrite: bool) -> None:
         existing = self._read_state()
         if existing is not None and existing != self.state and not overwrite:
-            diff = (_first_difference(existing, self.state) or "another setup").replace("cached", "parts")
+            diff = setting_difference(existing, self.state) or "another setup"
             raise ValueError(
                 f"{text_name(self.folder)} holds an unfinished run with other settings ({diff}); "
                 "rerun with those settings to continue it, or pass --overwrite to start over"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import sys
 import warnings
 from collections.abc import Callable
@@ -14,12 +15,71 @@ from rich.text import Text
 
 from ..fileio import text_name
 
+
+class _ConventionalGroup(typer.core.TyperGroup):
+    """Help in the usual Unix shape: ``score [OPTIONS] [PATHS]...``, ``evaluate [OPTIONS] ROOT``, and
+    flags without a value type (typer writes ``{root}``, ``[paths]...`` and ``--embeddings <bool>``)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        _conventional(self)
+
+
+def _conventional(command) -> None:
+    for param in command.params:
+        if getattr(param, "is_flag", False) and not getattr(param, "count", False):
+            param.metavar = ""  # a flag takes no value: show none
+        elif param.param_type_name == "argument":
+            param.metavar = param.metavar or param.name.upper()
+            param._usage_display_name = functools.partial(_usage_name, param)
+    command.get_help_option = functools.partial(_plain_help_option, command.get_help_option)
+    for sub in getattr(command, "commands", {}).values():
+        _conventional(sub)
+
+
+def _plain_help_option(make_option, ctx):
+    option = make_option(ctx)  # made per call by click: -h/--help is a flag too
+    if option is not None:
+        option.metavar = ""
+    return option
+
+
+def _usage_name(argument) -> str:
+    name = argument.metavar if argument.required else f"[{argument.metavar}]"
+    return name + ("..." if argument.nargs != 1 else "")
+
+
 app = typer.Typer(
     name="clip-aesthetics",
+    cls=_ConventionalGroup,
     no_args_is_help=True,
     add_completion=False,
     help="Image aesthetic assessment with CLIP: score, evaluate, probe and fine-tune.",
+    context_settings={"help_option_names": ["-h", "--help"]},  # inherited by every command
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            number = version("clip-aesthetics")
+        except PackageNotFoundError:  # run from a source tree that was never installed
+            from .. import __version__ as number
+        console.print(f"clip-aesthetics {number}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", "-V", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Image aesthetic assessment with CLIP: score, evaluate, probe and fine-tune."""
+
+
 # Every path, prompt and message is plain text: markup is off, so a file named "[red]x.jpg" or
 # "empty[/bold].jpg" prints as it is and can never raise rich's MarkupError. Styles are given explicitly.
 console = Console(markup=False, highlight=False)
@@ -38,10 +98,66 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
 
+MAX_MESSAGE = 400  # characters: a message is read, not scrolled (a list of 1,000 prompts is summarised)
+
+
 def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
-    """Print ``error: message`` on stderr; return the Exit to raise."""
-    err_console.print(Text.assemble(("error:", "red"), " ", text_name(message)), soft_wrap=True)
+    """Print ``error: message`` on stderr (Python argument names as the command's flags, at most
+    :data:`MAX_MESSAGE` characters); return the Exit to raise."""
+    message = shorten(as_flags(text_name(message)))
+    err_console.print(Text.assemble(("error:", "red"), " ", message), soft_wrap=True)
     return typer.Exit(code)
+
+
+def shorten(message: str, limit: int = MAX_MESSAGE) -> str:
+    """``message`` cut in the middle to ``limit`` characters, saying how much was left out."""
+    if len(message) <= limit:
+        return message
+    head, tail = message[: limit * 3 // 4], message[-(limit // 5) :]
+    return f"{head} [... {len(message) - len(head) - len(tail):,} characters left out ...] {tail}"
+
+
+# Library arguments whose flag has another name (the library's `kind` is the CLI's --split-kind).
+_FLAG_OF_ARGUMENT = {"kind": "--split-kind", "exist_ok": "--exist-ok", "out_dir": "--output"}
+_ARGUMENT = re.compile(r"\b([a-z][a-z0-9_]*)=(?:'([^']*)'|\"([^\"]*)\"|([\w.+\-]+))")
+
+
+def as_flags(message: str) -> str:
+    """``pass exist_ok=True`` -> ``pass --exist-ok``, ``use kind='random'`` -> ``use --split-kind random``.
+
+    The library speaks Python; a CLI user sees the flags of the command that runs (a name the command
+    has no flag for is left as it is).
+    """
+    flags = _current_flags()
+
+    def flag(match: re.Match) -> str:
+        name, value = match[1], next(v for v in match.groups()[1:] if v is not None)
+        option = flags.get(name)
+        if option is None and _FLAG_OF_ARGUMENT.get(name) in flags.values():
+            option = _FLAG_OF_ARGUMENT[name]
+        if option is None:
+            return match[0]
+        if value in ("True", "False"):
+            return option if value == "True" else f"no {option}"
+        return f"{option} {value}"
+
+    return _ARGUMENT.sub(flag, message)
+
+
+def _current_flags() -> dict[str, str]:
+    """Python parameter name -> its long flag, for the command being run (empty outside one)."""
+    try:
+        from typer._click.globals import get_current_context  # typer vendors click since 0.2x
+    except ImportError:
+        from click import get_current_context
+    context = get_current_context(silent=True)
+    if context is None:
+        return {}
+    return {
+        param.name: next((o for o in param.opts if o.startswith("--")), param.opts[0])
+        for param in context.command.params
+        if getattr(param, "opts", None) and param.opts[0].startswith("-")
+    }
 
 
 def warn(label: str, message: str) -> None:

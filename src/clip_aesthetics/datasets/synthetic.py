@@ -170,6 +170,18 @@ def _write_lists(
     (out / "aesthetics_image_lists" / "generic_test.jpgl").write_text("".join(f"{i}\n" for i in test_ids))
 
 
+MIN_READABLE_TEST = 5  # test images that exist, so that even a small demo set can be evaluated
+
+
+def n_test_ids(n: int, test_fraction: float, n_missing: int) -> int:
+    """Ids in the test list: ``test_fraction`` of ``n``, but enough that a few besides the missing ones
+    exist (at most half the set): ``--n 24`` would otherwise list 2 test ids, both missing."""
+    wanted = min(n, max(1, round(test_fraction * n)))
+    if n_missing == 0 or wanted - n_missing >= MIN_READABLE_TEST:
+        return wanted
+    return max(wanted, min(n_missing + MIN_READABLE_TEST, n // 2))
+
+
 def _check_sizes(
     n: int, size: int, raters: int, test_fraction: float, n_missing: int, n_corrupt: int
 ) -> None:
@@ -180,7 +192,7 @@ def _check_sizes(
         raise ValueError(f"raters must be in [1, {MAX_RATERS:,}], got {raters}")
     if not 0.0 <= test_fraction <= 1.0 or n_missing < 0 or n_corrupt < 0:
         raise ValueError("test_fraction must be in [0, 1]; n_missing and n_corrupt must be >= 0")
-    n_train = n - min(n, max(1, round(test_fraction * n)))
+    n_train = n - n_test_ids(n, test_fraction, n_missing)
     if n_corrupt > n_train:
         raise ValueError(f"n_corrupt={n_corrupt} exceeds the {n_train} train images of n={n}")
 
@@ -221,7 +233,7 @@ def make_synthetic_ava(
     rng = np.random.default_rng(seed)
     ids = [str(i) for i in 1000 + np.cumsum(rng.integers(1, 5, n))]  # gaps, so id != row index as in AVA
     order = rng.permutation(n)
-    n_test = min(n, max(1, round(test_fraction * n)))
+    n_test = n_test_ids(n, test_fraction, n_missing)
     test_idx = set(order[:n_test].tolist())
     missing = set(order[: min(n_missing, n_test)].tolist())
     corrupt = set(order[n_test : n_test + n_corrupt].tolist())

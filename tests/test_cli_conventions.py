@@ -1,0 +1,117 @@
+"""The CLI follows its ecosystem's conventions: --version and -h, usage lines in the usual shape, errors
+that name flags and stay short, a Quickstart demo set that can be evaluated."""
+
+from __future__ import annotations
+
+import json
+from importlib.metadata import version
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from clip_aesthetics.cli import app
+from clip_aesthetics.cli.app import MAX_MESSAGE, user_errors
+from clip_aesthetics.cli.options import SplitKind
+from test_score_run import PIPELINE, _failing_after, run
+
+WIDE = {"COLUMNS": "200", "TERMINAL_WIDTH": "200"}  # a usage line on one line, so it can be read whole
+
+
+def all_commands(command=None, path=()):
+    command = command or typer.main.get_command(app)
+    yield path, command
+    for name, sub in getattr(command, "commands", {}).items():
+        yield from all_commands(sub, (*path, name))
+
+
+def test_version_prints_the_installed_version() -> None:
+    for flag in ("--version", "-V"):
+        result = CliRunner().invoke(app, [flag])
+        assert result.exit_code == 0
+        assert result.output.split() == ["clip-aesthetics", version("clip-aesthetics")]
+
+
+@pytest.mark.parametrize("path", [p for p, _ in all_commands()], ids=lambda p: " ".join(p) or "root")
+def test_every_command_takes_h_and_shows_a_plain_usage_line(path: tuple[str, ...]) -> None:
+    result = CliRunner().invoke(app, [*path, "-h"], env=WIDE)
+    assert result.exit_code == 0, result.output
+    usage = next(line for line in result.output.splitlines() if "Usage:" in line)
+    assert "{" not in usage and "}" not in usage  # typer's {root} for a required argument
+    assert not any(word.startswith("[") and word[1:2].islower() for word in usage.split())  # [paths]
+    assert "<bool>" not in result.output  # flags take no value
+
+
+def _python_error_app(message: str) -> typer.Typer:
+    """A command with the real flags (--split-kind, --exist-ok) whose library call fails with ``message``."""
+    probe = typer.Typer()
+
+    @probe.command()
+    @user_errors
+    def command(
+        split_kind: SplitKind = "official",
+        exist_ok: bool = typer.Option(False, "--exist-ok"),
+    ) -> None:
+        raise ValueError(message)
+
+    return probe
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        ("this dataset defines none, use kind='random'", "use --split-kind random"),
+        ("demo is not empty; pass exist_ok=True to write into it", "pass --exist-ok to"),
+        ("unknown thing; pass other_name=3", "pass other_name=3"),  # no such flag: left as it is
+    ],
+)
+def test_errors_name_flags_not_python_arguments(message: str, expected: str) -> None:
+    result = CliRunner().invoke(_python_error_app(message), [], env=WIDE)
+    assert result.exit_code == 2
+    assert expected in result.output
+
+
+def test_quickstart_rerun_names_the_flag(tmp_path: Path) -> None:
+    demo = tmp_path / "demo"
+    assert run("synth-ava", demo, "--n", 24, "--size", 48).exit_code == 0
+    result = CliRunner().invoke(app, ["synth-ava", str(demo), "--n", "24", "--size", "48"], env=WIDE)
+    assert result.exit_code == 2
+    assert "--exist-ok" in result.output and "exist_ok" not in result.output
+    assert run("synth-ava", demo, "--n", 24, "--size", 48, "--exist-ok").exit_code == 0
+
+
+def test_quickstart_demo_set_can_be_evaluated(tmp_path: Path, tiny_clip_spec: str) -> None:
+    demo = tmp_path / "demo"
+    assert run("synth-ava", demo, "--n", 24, "--size", 48).exit_code == 0
+    listed = (demo / "aesthetics_image_lists" / "generic_test.jpgl").read_text().split()
+    readable = [i for i in listed if (demo / "images" / f"{i}.jpg").is_file()]
+    assert len(readable) >= 5  # besides the two deliberately missing images
+    metrics = tmp_path / "metrics.json"
+    result = run(
+        "evaluate", demo, "--model", tiny_clip_spec, "--positive", "a good photo", "--negative",
+        "a bad photo", "--workers", "0", "--output", metrics,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    document = json.loads(metrics.read_text())
+    assert document["n_scored"] == len(readable) and -1 <= document["metrics"]["srcc"] <= 1
+
+
+def test_a_refusal_over_a_thousand_prompts_stays_short(
+    photo_dir: Path, tmp_path: Path, tiny_clip_spec: str, monkeypatch
+) -> None:
+    from clip_aesthetics import scoring
+
+    prompts = tmp_path / "prompts.json"
+    positive = [f"a picture of quality number {i}" for i in range(1000)]
+    prompts.write_text(json.dumps({"positive": positive, "negative": ["a bad picture"]}))
+    out = tmp_path / "ranked.csv"
+    args = ["score", photo_dir, "--model", tiny_clip_spec, "--prompts", prompts, "-o", out, *PIPELINE]
+    monkeypatch.setattr(scoring, "iter_scored", _failing_after(1))
+    assert run(*args).exit_code != 0
+    monkeypatch.undo()
+    prompts.write_text(json.dumps({"positive": [p + "!" for p in positive], "negative": ["a bad picture"]}))
+    result = CliRunner().invoke(app, [str(a) for a in args], env=WIDE)
+    assert result.exit_code == 2
+    assert "--overwrite" in result.output and "1000 of 1000" in result.output
+    assert len(result.output) <= MAX_MESSAGE + 20
