@@ -66,9 +66,7 @@ def test_the_docs_show_commands() -> None:
     assert len(CASES) > 30  # the extraction itself works
 
 
-@pytest.mark.parametrize(
-    ("path", "number", "args"), CASES, ids=[f"{p.name}:{n}" for p, n, _ in CASES]
-)
+@pytest.mark.parametrize(("path", "number", "args"), CASES, ids=[f"{p.name}:{n}" for p, n, _ in CASES])
 def test_documented_command_parses(path: Path, number: int, args: list[str]) -> None:
     command, rest = resolve(args)
     where = f"{path.name}:{number}: clip-aesthetics {' '.join(args)}"
@@ -90,3 +88,21 @@ def test_readme_resume_example_does_not_shrink_the_epochs() -> None:
     for args in resumes:
         if "--max-epochs" in args:
             assert int(args[args.index("--max-epochs") + 1]) >= TrainConfig().max_epochs, args
+
+
+OWN_DOCS = [ROOT / "README.md", ROOT / "docs" / "benchmarks.md"]
+OUTSIDE = re.compile(
+    r"\bissue \d+|\.\./shared|/work/|example\.(?:org|com)|\bTODO\b|--out\b(?!put)(?!` ->)", re.I
+)  # (a rename note may name it)
+
+
+@pytest.mark.parametrize("path", OWN_DOCS, ids=lambda p: p.name)
+def test_docs_stand_on_their_own(path: Path) -> None:
+    """No reference a reader cannot follow: issue numbers, files outside the repository, placeholder URLs,
+    a flag that no longer exists."""
+    found = [
+        (n, m.group(0))
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        for m in OUTSIDE.finditer(line)
+    ]
+    assert not found, f"{path.name}: {found}"
