@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import torchvision.transforms.functional as TF
+from PIL import Image
 
-from clip_aesthetics.app.session import ReviewSession
-from clip_aesthetics.app.why import GRID, crop_box, occlusion_variants
-from clip_aesthetics.backbones import PreprocessConfig, load_backbone
-from clip_aesthetics.culling.xmp import read_labels
+from clip_aesthetics.app.session import NotReady, ReviewSession
+from clip_aesthetics.app.why import grid_shape, occlusion_variants
+from clip_aesthetics.backbones import load_backbone
+from clip_aesthetics.culling.xmp import Labels, read_labels
 from clip_aesthetics.prompts import PromptGroups
 from clip_aesthetics.scorers import ZeroShotScorer
+from conftest import photo
 
 
 @pytest.fixture
@@ -65,7 +70,7 @@ def test_labels_go_to_the_sidecar_and_unknown_paths_are_refused(photo_dir: Path,
         session.label("img1.jpg", "stars", 7)
 
 
-def test_occlusion_heat_map_is_one_batch_of_greyed_cells(photo_dir: Path, scorer, monkeypatch) -> None:
+def test_occlusion_heat_map_covers_the_whole_frame_in_one_batch(photo_dir: Path, scorer, monkeypatch) -> None:
     image = torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     variants = occlusion_variants(image, 4)
     assert variants.shape == (17, 3, 32, 32) and torch.equal(variants[0], image)
@@ -75,20 +80,95 @@ def test_occlusion_heat_map_is_one_batch_of_greyed_cells(photo_dir: Path, scorer
     outside = torch.ones(32, 32, dtype=torch.bool)
     outside[8:16, 16:24] = False
     assert torch.equal(cell[:, outside], image[:, outside])
-    assert crop_box(300, 200, PreprocessConfig(224, 224)) == pytest.approx([1 / 6, 0.0, 2 / 3, 1.0])
+    assert grid_shape(3000, 2000) == (4, 6) and grid_shape(2000, 3000) == (6, 4)  # 3:2, either way up
 
     session, _ = analysed(photo_dir, scorer)
     calls = []
     real = scorer.score_images
     monkeypatch.setattr(scorer, "score_images", lambda batch, *a: calls.append(len(batch)) or real(batch, *a))
-    heat = session.why("img1.jpg")
-    assert calls == [1 + GRID * GRID]  # one batch holds every occluded variant
-    scores = real(occlusion_variants(_model_input(photo_dir / "img1.jpg", scorer))).score.numpy()
+    heat = session.why("img1.jpg")  # 96 x 72 (4:3): 6 columns, 4.5 -> 5 rows
+    assert calls == [1 + 5 * 6] and heat["crop"] == [0.0, 0.0, 1.0, 1.0]
+    photo = Image.open(photo_dir / "img1.jpg").convert("RGB")  # the whole frame, squashed, nothing cropped
+    size = scorer.backbone.preprocess_cfg.size
+    squashed = TF.resize(photo, [size, size], interpolation=TF.InterpolationMode.BICUBIC)
+    pixels = torch.from_numpy(np.array(squashed)).permute(2, 0, 1)
+    scores = real(occlusion_variants(pixels, 5, 6)).score.numpy()
     np.testing.assert_allclose(np.array(heat["grid"]).ravel(), scores[0] - scores[1:], atol=1e-5)
-    assert session.why("img1.jpg") is heat and calls == [1 + GRID * GRID]  # computed once per scorer
+    assert session.why("img1.jpg") is heat and calls == [1 + 5 * 6]  # computed once per scorer
 
 
-def _model_input(path: Path, scorer) -> torch.Tensor:
-    from clip_aesthetics.images import open_image, prepare
+def test_undo_and_redo_put_back_exactly_what_the_sidecar_held(photo_dir: Path, scorer) -> None:
+    session, _ = analysed(photo_dir, scorer)
+    session.label("img1.jpg", "stars", 4)
+    session.label("img1.jpg", "reject")
+    assert read_labels(photo_dir / "img1.jpg").rejected
+    assert session.undo() == {
+        "path": "img1.jpg",
+        "stars": 4,
+        "rejected": False,
+        "picked": False,
+        "machine": False,
+    }
+    assert read_labels(photo_dir / "img1.jpg") == Labels(4, None)
+    session.undo()
+    assert read_labels(photo_dir / "img1.jpg") == Labels()  # before any key: no rating at all
+    assert session.undo() == {"path": None}  # nothing left to undo
+    session.redo()
+    session.redo()
+    assert read_labels(photo_dir / "img1.jpg").rejected and read_labels(photo_dir / "img1.jpg").stars == 4
+    session.label("img2.jpg", "pick")  # a new key press clears what could be redone
+    assert session.redo() == {"path": None}
 
-    return prepare(open_image(path), scorer.backbone.preprocess_cfg)
+
+def rated_shoot(folder: Path, n: int = 16) -> Path:
+    folder.mkdir()
+    for i in range(n):
+        photo(200 + i).save(folder / f"p{i:02d}.jpg")
+    return folder
+
+
+def test_taste_is_saved_reloaded_and_used_only_when_it_beats_the_generic_score(
+    tmp_path: Path, scorer
+) -> None:
+    folder = rated_shoot(tmp_path / "shoot")
+    session, _ = analysed(folder, scorer)
+    stacks = {g["stack"]: sorted(f["path"] for f in g["frames"]) for g in session.photos()["groups"]}
+    direction = np.random.default_rng(4).normal(size=session.shoot.features.shape[1])
+    unit = session.shoot.features / np.linalg.norm(session.shoot.features, axis=1, keepdims=True)
+    planted = np.argsort(np.argsort(unit @ direction))  # a taste along one direction of the embedding
+    for i, frame in enumerate(session.shoot.frames):
+        session.label(frame["rel"], "stars", 1 + int(planted[i] * 5 // len(planted)))
+    taste = session.learn_taste()
+    assert Path(taste["file"]).is_file()
+    assert taste["applied"] == (taste["cv_srcc"] > taste["generic_srcc"])
+    assert session.scorer.method == ("taste" if taste["applied"] else "zeroshot")
+    # stacks are tracked by their burst, not by their rank: the same id holds the same frames after re-ranking
+    assert {g["stack"]: sorted(f["path"] for f in g["frames"]) for g in session.photos()["groups"]} == stacks
+
+    again, _ = analysed(folder, scorer)  # a new session of the same shoot reloads the learned head
+    assert again.taste is not None and again.taste["cv_srcc"] == taste["cv_srcc"]
+    assert again.scorer.method == session.scorer.method
+
+    # the issue's case: a head whose cross-validated SRCC is below the generic score's does not rank
+    fitted = again.scorer if again.scorer.method == "taste" else None
+    again._use_taste(fitted or scorer, {**taste, "cv_srcc": -0.32, "generic_srcc": 0.1})
+    assert not again.taste["applied"] and again.scorer is again.generic
+    assert "-0.32" in again.taste["reason"] and again.photos()["scorer"] == "zeroshot"
+
+
+def test_the_model_loads_in_the_background(photo_dir: Path, scorer) -> None:
+    """The session takes a function that builds the scorer; until it has, the status says what happens."""
+    gate = threading.Event()
+    session = ReviewSession(photo_dir, lambda: gate.wait(30) and scorer, workers=0)
+    thread = session.start()
+    deadline = time.monotonic() + 10
+    while session.status["state"] != "loading":
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert "encoding its prompts" in session.status["phase"] and session.shoot is None
+    with pytest.raises(NotReady):
+        session.photos()
+    gate.set()
+    thread.join(60)
+    assert session.status["state"] == "ready" and session.scorer is scorer
+    assert len(session.photos()["groups"]) >= 1

@@ -3,25 +3,29 @@
 Files are served by their path relative to the shoot folder, and only when that exact path is one of the
 photos found when the shoot was analysed and, with every link resolved, still lies inside the folder:
 ``..``, encoded or absolute paths and links leading out all answer 404. The server binds 127.0.0.1 by
-default, answers only requests addressed to the host it serves (no DNS rebinding) and takes state-changing
-requests only as JSON (which a foreign page cannot send without a CORS preflight this server refuses).
+default and answers only requests addressed to the host it serves (no DNS rebinding): with ``--host``
+set to an address of this machine, requests to that address; with a wildcard (``0.0.0.0``, ``::``),
+requests to any IP address (a name can be rebound to an address, an address cannot) or to this
+machine's own names. State-changing requests are taken only as JSON (which a foreign page cannot send
+without a CORS preflight this server refuses). Values in requests are checked (finite, in range); a bad
+one answers 422 with a one-line reason.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import socket
 from importlib import resources
 from pathlib import Path
 
 from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
-from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from ..culling.xmp import XmpError
-from ..fileio import atomic_path
-from ..images import ImageLoadError, open_image
-from .session import ReviewSession
+from .session import NotReady, ReviewSession
 
 PREVIEW_SIZE = 1600  # long side of the large view, pixels
 CSP = (
@@ -29,6 +33,8 @@ CSP = (
     "connect-src 'self'; object-src 'none'; frame-ancestors 'none'; base-uri 'none'"
 )
 STATIC = resources.files("clip_aesthetics.app") / "static"
+WILDCARDS = ("0.0.0.0", "::", "")
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 
 
 class LabelRequest(BaseModel):
@@ -41,13 +47,43 @@ class PathRequest(BaseModel):
     path: str
 
 
+def host_names(host: str) -> set[str]:
+    """The names (lower case, no port) a request may address this server by, besides IP addresses
+    (which a wildcard bind accepts too, see :func:`host_allowed`)."""
+    names = {host.lower().strip("[]"), *LOOPBACK_NAMES}
+    if host in WILDCARDS:
+        hostname = socket.gethostname().lower()
+        names |= {hostname, f"{hostname}.local", socket.getfqdn().lower()}
+    return names
+
+
+def host_allowed(header: str, host: str, names: set[str]) -> bool:
+    """Whether a ``Host`` header addresses this server."""
+    value = header.strip().lower()
+    if value.startswith("["):  # [::1]:8765
+        value = value[1 : value.find("]")] if "]" in value else ""
+    elif value.count(":") == 1:
+        value = value.rsplit(":", 1)[0]
+    if value in names:
+        return True
+    if host not in WILDCARDS:
+        return False
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
+
+
 def create_app(session: ReviewSession, host: str = "127.0.0.1") -> FastAPI:
     """The FastAPI application over ``session``."""
     api = FastAPI(title="clip-aesthetics review", docs_url=None, redoc_url=None, openapi_url=None)
-    api.add_middleware(TrustedHostMiddleware, allowed_hosts=sorted({host, "127.0.0.1", "localhost", "[::1]"}))
+    names = host_names(host)
 
     @api.middleware("http")
     async def headers(request: Request, call_next):
+        if not host_allowed(request.headers.get("host", ""), host, names):
+            return JSONResponse({"detail": "Invalid host header"}, status_code=400)
         if (
             request.method == "POST"
             and request.headers.get("content-type", "").split(";")[0] != "application/json"
@@ -58,6 +94,16 @@ def create_app(session: ReviewSession, host: str = "127.0.0.1") -> FastAPI:
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers["Referrer-Policy"] = "no-referrer"
         return response
+
+    @api.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's own answer echoes the input, and NaN or 1e400 cannot be written as JSON: a 500
+        reasons = [f"{'.'.join(str(p) for p in e['loc'][1:]) or 'body'}: {e['msg']}" for e in exc.errors()]
+        return JSONResponse({"detail": "; ".join(reasons)[:300]}, status_code=422)
+
+    @api.exception_handler(NotReady)
+    async def not_ready(request: Request, exc: NotReady) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=409)
 
     @api.get("/")
     def index() -> Response:
@@ -71,8 +117,6 @@ def create_app(session: ReviewSession, host: str = "127.0.0.1") -> FastAPI:
 
     @api.get("/api/photos")
     def photos() -> dict:
-        if session.shoot is None:
-            raise HTTPException(409, "the shoot is still being analysed")
         return session.photos()
 
     @api.get("/thumb/{rel:path}")
@@ -85,14 +129,22 @@ def create_app(session: ReviewSession, host: str = "127.0.0.1") -> FastAPI:
         frame = _frame(session, rel)
         return FileResponse(_preview(session, rel, frame), headers=_cache_headers())
 
+    @api.get("/original/{rel:path}")
+    def original(rel: str) -> FileResponse:
+        frame = _frame(session, rel)
+        return FileResponse(_original(session, rel, frame), headers=_cache_headers())
+
     @api.post("/api/label")
     def label(request: LabelRequest) -> dict:
-        try:
-            return session.label(request.path, request.action, request.stars)
-        except KeyError:
-            raise HTTPException(404, "not a photo of this shoot") from None
-        except (ValueError, XmpError, OSError) as exc:
-            raise HTTPException(422, str(exc).splitlines()[0]) from None
+        return _labelled(lambda: session.label(request.path, request.action, request.stars))
+
+    @api.post("/api/undo")
+    def undo() -> dict:
+        return _labelled(session.undo)
+
+    @api.post("/api/redo")
+    def redo() -> dict:
+        return _labelled(session.redo)
 
     @api.post("/api/taste")
     def taste() -> dict:
@@ -103,6 +155,8 @@ def create_app(session: ReviewSession, host: str = "127.0.0.1") -> FastAPI:
 
     @api.post("/api/why")
     def why(request: PathRequest) -> dict:
+        from ..images import ImageLoadError
+
         try:
             return session.why(request.path)
         except KeyError:
@@ -111,6 +165,15 @@ def create_app(session: ReviewSession, host: str = "127.0.0.1") -> FastAPI:
             raise HTTPException(422, str(exc)) from None
 
     return api
+
+
+def _labelled(change) -> dict:
+    try:
+        return change()
+    except KeyError:
+        raise HTTPException(404, "not a photo of this shoot") from None
+    except (ValueError, XmpError, OSError) as exc:
+        raise HTTPException(422, str(exc).splitlines()[0]) from None
 
 
 def _frame(session: ReviewSession, rel: str) -> dict:
@@ -125,11 +188,14 @@ def _cache_headers() -> dict:
 
 
 def _preview(session: ReviewSession, rel: str, frame: dict) -> Path:
-    """The large-view JPEG of a photo (EXIF orientation applied), made once and cached with the thumbnails."""
+    """The large-view JPEG of a photo (upright), made once and cached with the thumbnails."""
+    from ..fileio import atomic_path
+    from ..images import ImageLoadError, open_image
+
     target = session.shoot.cache / "previews" / frame["thumb"]
     if not target.is_file():
-        try:
-            image = open_image(session.root / rel)
+        try:  # a RAW file's embedded preview when it is large enough, else LibRaw's decode
+            image = open_image(session.root / rel, draft_size=PREVIEW_SIZE)
         except ImageLoadError as exc:
             raise HTTPException(422, str(exc)) from None
         image.thumbnail((PREVIEW_SIZE, PREVIEW_SIZE))
@@ -139,8 +205,38 @@ def _preview(session: ReviewSession, rel: str, frame: dict) -> Path:
     return target
 
 
+BROWSER_FORMATS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".avif")  # shown by browsers as they are
+
+
+def _original(session: ReviewSession, rel: str, frame: dict) -> Path:
+    """The photo at full resolution for the 100% loupe: the file itself where browsers show it, else (RAW,
+    HEIC, TIFF) a full decode (LibRaw's for RAW files) saved once as a high-quality JPEG."""
+    from ..fileio import atomic_path
+    from ..images import ImageLoadError, open_image
+
+    path = session.root / rel
+    if path.suffix.lower() in BROWSER_FORMATS:
+        return path
+    target = session.shoot.cache / "originals" / frame["thumb"]
+    if not target.is_file():
+        try:
+            image = open_image(path)  # no draft size: every pixel
+        except ImageLoadError as exc:
+            raise HTTPException(422, str(exc)) from None
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(target) as tmp:
+            image.save(tmp, "JPEG", quality=95)
+    return target
+
+
+def page_url(host: str, port: int) -> str:
+    """The address to open: a wildcard bind is reached through this machine's name."""
+    shown = socket.gethostname() if host in WILDCARDS else host
+    return f"http://{f'[{shown}]' if ':' in shown else shown}:{port}/"
+
+
 def serve(session: ReviewSession, host: str = "127.0.0.1", port: int = 8765) -> None:
-    """Analyse in the background and serve until interrupted."""
+    """Listen at once; load the scorer and analyse the shoot in the background; serve until interrupted."""
     import uvicorn
 
     session.start()

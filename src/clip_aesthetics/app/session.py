@@ -1,30 +1,41 @@
 """The state behind the review page: the analysed shoot, its ranking, the labels in the sidecars.
 
-The shoot is analysed in a background thread (progress for the page's bar); every label change is written
-to the photo's sidecar before the request returns, so closing the tab or killing the server loses nothing,
-and a new session reads the labels back from the sidecars.
+The page is served at once; a background thread loads the scorer (the model, and its prompts encoded once
+per model), then analyses the shoot, with its progress on the page. Every label change is written to the
+photo's sidecar before the request returns, so closing the tab or killing the server loses nothing, and a
+new session reads the labels back from the sidecars. Label changes can be undone and redone (the session
+keeps what each sidecar held before). A taste learned here is saved beside the shoot's cache, reloaded by
+the next session, and ranks the photos only when its cross-validated SRCC beats the generic score's.
+
+Heavy modules (torch, the culling pipeline) are imported in the background thread, not at import time,
+so that the server answers within a second or two of launch.
 """
 
 from __future__ import annotations
 
+import sys
 import threading
+import warnings
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from ..culling.cull import cull_rows, shoot_groups
-from ..culling.shoot import Shoot, analyse_folder, inside
-from ..culling.taste import fit_taste, stars_of, taste_scorer
 from ..culling.xmp import Labels, XmpError, picked, read_labels, rejected, unflagged, with_stars, write_labels
-from ..scorers.registry import save_scorer
-from .why import occlusion_map
 
 ACTIONS = ("stars", "pick", "reject", "unflag")
+TASTE_FILE = "taste.safetensors"
+
+
+class NotReady(RuntimeError):
+    """The shoot is still being analysed."""
 
 
 class ReviewSession:
-    """One shoot under review with one scorer (the generic one, until a taste is learned)."""
+    """One shoot under review with one scorer (the generic one, until a taste is learned and beats it).
+
+    ``scorer`` is a scorer, or a function that builds one (called in the background thread: loading a
+    model and encoding its prompts can take minutes on a first run).
+    """
 
     def __init__(
         self,
@@ -36,10 +47,11 @@ class ReviewSession:
         precision: str = "auto",
     ) -> None:
         self.root = Path(folder)
-        self.generic = self.scorer = scorer
+        self._build = scorer if callable(scorer) and not hasattr(scorer, "score_features") else None
+        self.generic = self.scorer = None if self._build else scorer
         self.options = {"batch_size": batch_size, "workers": workers, "precision": precision}
-        self.status = {"state": "starting", "done": 0, "total": 0, "error": None}
-        self.shoot: Shoot | None = None
+        self.status = {"state": "starting", "phase": "starting", "done": 0, "total": 0, "error": None}
+        self.shoot = None
         self.labels: dict[str, Labels] = {}
         self.label_errors: dict[str, str] = {}
         self.rows: list[dict] = []
@@ -49,6 +61,8 @@ class ReviewSession:
         self.groups = np.zeros(0, dtype=np.int64)
         self.lock = threading.RLock()
         self._why: dict[tuple[str, int], dict] = {}
+        self._undo: list[tuple[str, Labels, Labels]] = []  # (rel, before, after) of each key press
+        self._redo: list[tuple[str, Labels, Labels]] = []
 
     def start(self) -> threading.Thread:
         thread = threading.Thread(target=self._analyse, name="analyse-shoot", daemon=True)
@@ -56,10 +70,19 @@ class ReviewSession:
         return thread
 
     def _progress(self, done: int, total: int) -> None:
-        self.status.update(state="analysing", done=done, total=total)
+        self.status.update(
+            state="analysing", phase=f"analysing {done} of {total} photos", done=done, total=total
+        )
 
     def _analyse(self) -> None:
         try:
+            if self.scorer is None:
+                self.status.update(state="loading", phase="loading the model and encoding its prompts")
+                self.generic = self.scorer = self._build()
+            from ..culling.cull import shoot_groups
+            from ..culling.shoot import analyse_folder
+
+            self.status.update(state="analysing", phase="looking for photos")
             shoot = analyse_folder(
                 self.root, self.scorer.backbone, on_progress=self._progress, **self.options
             )
@@ -74,34 +97,50 @@ class ReviewSession:
                 self.index = {f["rel"]: i for i, f in enumerate(shoot.frames)}
                 self.rel_of = {str(shoot.path(i)): f["rel"] for i, f in enumerate(shoot.frames)}
                 self.groups = shoot_groups(shoot)  # depends on content and time only: once per shoot
+                self._reload_taste()
                 self._rank()
-            self.status.update(state="ready", done=self.status["total"] or len(shoot.frames))
+            self.status.update(state="ready", phase="ready", done=self.status["total"] or len(shoot.frames))
         except Exception as exc:  # shown on the page instead of a progress bar that never ends
-            self.status.update(state="failed", error=f"{type(exc).__name__}: {exc}")
+            self.status.update(state="failed", phase="failed", error=f"{type(exc).__name__}: {exc}")
+            print(f"error: the analysis failed: {self.status['error']}", file=sys.stderr, flush=True)
 
     def _scores(self, scorer) -> np.ndarray:
+        import torch
+
         return scorer.score_features(torch.from_numpy(self.shoot.features)).score.numpy().astype(float)
 
     def _rank(self) -> None:
+        from ..culling.cull import cull_rows
+
         scores = self._scores(self.scorer)
         self.rows = cull_rows(self.shoot, scores, groups=self.groups) if self.shoot.frames else []
         self._why.clear()
 
+    def _ready(self):
+        if self.shoot is None:
+            raise NotReady("the shoot is still being analysed")
+        return self.shoot
+
     # --- what the page shows -------------------------------------------------------------------------
     def photos(self) -> dict:
-        """Groups in rank order, each frame with its score, checks and labels."""
+        """Groups in rank order, each frame with its score, checks and labels; files and sidecars that
+        could not be read."""
         with self.lock:
+            shoot = self._ready()
             groups: list[dict] = []
             for row in self.rows:
                 rel = self.rel_of[row["path"]]
-                frame = self.shoot.frames[self.index[rel]]
-                if row["rank_in_group"] == 1:
-                    groups.append({"group": row["group"], "frames": []})
+                index = self.index[rel]
+                frame = shoot.frames[index]
+                if row["rank_in_group"] == 1:  # a stack's id: its burst, whatever the ranking
+                    groups.append({"group": row["group"], "stack": int(self.groups[index]), "frames": []})
                 groups[-1]["frames"].append(
                     {
                         "path": rel,
+                        "raw": frame.get("raw"),
                         "thumb": frame["thumb"],
                         "score": round(row["score"], 4),
+                        "proposed_stars": row["stars"],
                         "best": row["best"],
                         "sharpness": row["sharpness"],
                         "flags": [f for f in row["flags"].split(";") if f],
@@ -110,11 +149,20 @@ class ReviewSession:
                         "sidecar_error": self.label_errors.get(rel),
                     }
                 )
-            errors = [{"path": e["rel"], "error": e["error"]} for e in self.shoot.errors]
-            return {"groups": groups, "errors": errors, "scorer": self.scorer.method, "taste": self.taste}
+            errors = [{"path": e["rel"], "error": e["error"]} for e in shoot.errors]
+            sidecars = [{"path": rel, "error": error} for rel, error in sorted(self.label_errors.items())]
+            return {
+                "groups": groups,
+                "errors": errors,
+                "sidecar_errors": sidecars,
+                "scorer": self.scorer.method,
+                "taste": self.taste,
+            }
 
     def frame(self, rel: str) -> dict | None:
         """The analysed frame ``rel`` names, if it is one of the shoot's photos and still inside it."""
+        from ..culling.shoot import inside
+
         with self.lock:
             if self.shoot is None or rel not in self.index:
                 return None
@@ -128,37 +176,105 @@ class ReviewSession:
         if action not in ACTIONS:
             raise ValueError(f"unknown action {action!r} (choose {', '.join(ACTIONS)})")
         with self.lock:
-            if self.frame(rel) is None:
-                raise KeyError(rel)
-            index = self.index[rel]
-            target = self.shoot.target(index)  # of a RAW+JPEG pair, the RAW file's sidecar
-            current = read_labels(target, photo=self.shoot.path(index))  # may have changed meanwhile
+            current = self._current(rel)
             if action == "stars":
                 new = with_stars(current, int(stars if stars is not None else -1))
             else:
                 new = {"pick": picked, "reject": rejected, "unflag": unflagged}[action](current)
-            write_labels(target, new)  # a key press is the photographer's decision: no machine mark
-            self.labels[rel] = new
-            self.label_errors.pop(rel, None)
-            return {"path": rel, **new.to_dict()}
+            result = self._write(rel, new)
+            self._undo.append((rel, current, new))
+            self._redo.clear()
+            return result
 
-    def learn_taste(self) -> dict:
-        """Fit the personal head on the ratings so far, switch to it and re-rank."""
+    def undo(self) -> dict:
+        """Put back what the sidecar held before the last key press (a no-op answer when none is left)."""
+        return self._step(self._undo, self._redo, before=True)
+
+    def redo(self) -> dict:
+        return self._step(self._redo, self._undo, before=False)
+
+    def _step(self, source: list, target: list, *, before: bool) -> dict:
         with self.lock:
-            rated = [(i, stars_of(self.labels[f["rel"]])) for i, f in enumerate(self.shoot.frames)]
+            if not source:
+                return {"path": None}
+            rel, old, new = source.pop()
+            self._current(rel)  # still one of the shoot's photos
+            result = self._write(rel, old if before else new)
+            target.append((rel, old, new))
+            return result
+
+    def _current(self, rel: str) -> Labels:
+        if self.frame(rel) is None:
+            raise KeyError(rel)
+        index = self.index[rel]
+        return read_labels(self.shoot.target(index), photo=self.shoot.path(index))  # may have changed
+
+    def _write(self, rel: str, labels: Labels) -> dict:
+        """Write ``labels`` to the sidecar of ``rel`` (of a RAW+JPEG pair, the RAW file's): a key press is
+        the photographer's decision, so no machine mark."""
+        index = self.index[rel]
+        write_labels(self.shoot.target(index), labels)
+        labels = read_labels(self.shoot.target(index), photo=self.shoot.path(index))
+        self.labels[rel] = labels
+        self.label_errors.pop(rel, None)
+        return {"path": rel, **labels.to_dict()}
+
+    # --- taste ---------------------------------------------------------------------------------------
+    def learn_taste(self) -> dict:
+        """Fit the personal head on the ratings so far and save it; rank by it only when its
+        cross-validated SRCC beats the generic score's (the answer says which, and why)."""
+        from ..culling.taste import fit_taste, stars_of, taste_scorer
+        from ..scorers.registry import save_scorer
+
+        with self.lock:
+            shoot = self._ready()
+            rated = [(i, stars_of(self.labels[f["rel"]])) for i, f in enumerate(shoot.frames)]
             rated = [(i, s) for i, s in rated if s is not None]
             rows = [i for i, _ in rated]
-            features = self.shoot.features[rows]
             generic = self._scores(self.generic)[rows]
-            fit = fit_taste(features, generic, np.array([s for _, s in rated], dtype=float))
-            self.scorer = taste_scorer(self.generic, fit)
-            save_scorer(self.scorer, self.shoot.cache / "taste.safetensors", self.scorer.tensors())
-            self.taste = {**fit.summary(), "file": str(self.shoot.cache / "taste.safetensors")}
-            self._rank()
+            fit = fit_taste(shoot.features[rows], generic, np.array([s for _, s in rated], dtype=float))
+            scorer = taste_scorer(self.generic, fit)
+            save_scorer(scorer, shoot.cache / TASTE_FILE, scorer.tensors())
+            self._use_taste(scorer, fit.summary())
             return self.taste
+
+    def _use_taste(self, scorer, summary: dict) -> None:
+        applied = summary["cv_srcc"] > summary["generic_srcc"]
+        reason = (
+            "ranks the photos"
+            if applied
+            else f"not used: its cross-validated SRCC {summary['cv_srcc']:.2f} does not beat the generic "
+            f"score's {summary['generic_srcc']:.2f} on your ratings; rate more photos and try again"
+        )
+        self.taste = {
+            **summary,
+            "file": str(self.shoot.cache / TASTE_FILE),
+            "applied": applied,
+            "reason": reason,
+        }
+        self.scorer = scorer if applied else self.generic
+        self._rank()
+
+    def _reload_taste(self) -> None:
+        """The taste learned in an earlier session of this shoot (same model), if there is one."""
+        from ..scorers.registry import load_scorer
+
+        path = self.shoot.cache / TASTE_FILE
+        if not path.is_file():
+            return
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")  # a head fitted on other weights is not reloaded
+                scorer = load_scorer(path, backbone=self.generic.backbone)
+        except Exception:  # unreadable or other weights: the generic score ranks, as before any taste
+            return
+        if scorer.method == "taste" and scorer.fit:
+            self._use_taste(scorer, scorer.fit)
 
     def why(self, rel: str) -> dict:
         """The occlusion heat map of ``rel`` under the current scorer (computed once per scorer)."""
+        from .why import occlusion_map
+
         with self.lock:
             if self.frame(rel) is None:
                 raise KeyError(rel)

@@ -177,7 +177,11 @@ def taste_fit(
 def review_app(
     folder: Path = typer.Argument(..., help="The shoot to review: a folder of photos."),
     port: int = typer.Option(8765, min=1, max=65535, help="Port to serve on."),
-    host: str = typer.Option("127.0.0.1", help="Address to bind (the default is this machine only)."),
+    host: str = typer.Option(
+        "127.0.0.1",
+        help="Address to bind: the default is this machine only; an address of this machine (or 0.0.0.0 "
+        "for all of them) lets other devices on your network review too.",
+    ),
     scorer_file: str = typer.Option(None, "--scorer", help="A scorer file (probe, taste, laion:PATH)."),
     model: str = typer.Option(None, "--model", "-m", help=MODEL_HELP),
     pretrained: Pretrained = None,
@@ -192,21 +196,26 @@ def review_app(
     """Review a shoot in your browser: ranked stacks, keyboard ratings into XMP sidecars, learn your taste."""
     import socket
 
-    from ..app.server import serve
+    from ..app.server import page_url, serve
     from ..app.session import ReviewSession
+    from .score import prompt_groups
 
     if not folder.is_dir():
         raise fail(f"not a folder: {folder}")
-    try:  # a busy port is a one-line error here, not a server log after the model has loaded
-        with socket.create_server((host, port)):
+    try:  # a busy port is a one-line error here, not a server log
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.create_server((host, port), family=family):
             pass
     except OSError as exc:
         raise fail(f"cannot serve on {host}:{port} ({exc.strerror}): choose another --port") from None
-    scorer = _scorer(scorer_file, model, pretrained, positive, negative, prompts, device)
+    prompt_groups(positive, negative, prompts)  # a bad prompts file is a one-line error before serving
+
+    def scorer():  # in the background: the page is served while the model loads and encodes its prompts
+        return _scorer(scorer_file, model, pretrained, positive, negative, prompts, device)
+
     session = ReviewSession(folder, scorer, batch_size=batch_size, workers=workers, precision=precision)
     if host not in ("127.0.0.1", "localhost", "::1"):
         warn("warning:", f"anyone who can reach {host}:{port} can see and rate these photos")
-    console.print(
-        f"Reviewing {folder} at http://{host}:{port}/ (Ctrl+C stops)", highlight=False, soft_wrap=True
-    )
+    url = page_url(host, port)
+    console.print(f"Reviewing {folder} at {url} (Ctrl+C stops)", highlight=False, soft_wrap=True)
     serve(session, host, port)
