@@ -12,6 +12,7 @@ import os
 import signal
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -357,9 +358,40 @@ def _init_worker(_: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, e.g. a container's or ``taskset``'s share)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def model_threads(workers: int, device: torch.device | None = None) -> int:
+    """Torch threads for a CPU model while ``workers`` decoding processes share its cores.
+
+    The rule: the cores the workers leave, at least one, never more than torch already uses (a setting of
+    the user's, ``OMP_NUM_THREADS`` or a Ray actor's CPUs). Threads beyond the free cores make torch's
+    threads wait for each other whenever a decoder holds a core (measured in docs/benchmarks.md). A GPU
+    model, no model named (``device=None``), or decoding in this process (``workers=0``, which takes turns
+    with the model) keeps the current setting.
+    """
+    current = torch.get_num_threads()
+    if workers <= 0 or device is None or device.type != "cpu":
+        return current
+    return max(1, min(current, usable_cores() - workers))
+
+
+@contextmanager
+def threads_beside_workers(workers: int, device: torch.device | None = None) -> Iterator[int]:
+    """Set :func:`model_threads` for the duration (torch's setting is process-wide), then restore it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(model_threads(workers, device))
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+
+
 def default_workers(device: torch.device | None = None) -> int:
     """Decoding processes: a GPU needs many to stay fed; on a CPU the model dominates, so few suffice."""
-    cores = os.cpu_count() or 1
+    cores = usable_cores()
     if device is not None and device.type == "cuda":
         return min(16, cores)
     return max(1, min(8, cores // 4))
@@ -370,7 +402,7 @@ def clamp_workers(workers: int) -> int:
     only add memory and start-up time, and ``--workers 500`` would start 500 of them."""
     if workers < 0:
         raise ValueError(f"--workers must be 0 or more, got {workers}")
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = usable_cores()
     if workers > cores:
         warnings.warn(f"--workers {workers} is more than the {cores} cores here: using {cores}", stacklevel=3)
         return cores
@@ -416,7 +448,8 @@ def iter_batches(
             least that many pixels on each side too (for ``analyse``).
         pin_memory: pin batches for faster host-to-GPU copies.
         progress: show a progress bar (default: when stderr is a terminal).
-        device: where the model runs; with device decoding, batches arrive there already.
+        device: where the model runs; with device decoding, batches arrive there already. A CPU model
+            runs on the cores the workers leave while batches are read (:func:`model_threads`).
         decode: ``cpu``, ``gpu`` (nvJPEG; CUDA only) or ``auto`` (GPU when ``device`` is CUDA).
         analyse: a picklable ``f(source, decoded RGB image)`` run in the decoding worker on the whole
             image before it is resized for the model (e.g. sharpness, thumbnails), so that nothing is
@@ -434,7 +467,10 @@ def iter_batches(
         prefetch_factor=4 if workers else None,
     )
     batches = (_finish_on_device(b, sources, cfg, device) for b in loader) if on_device else iter(loader)
-    with progress_bar(len(sources), description, progress) as advance:
+    with (
+        progress_bar(len(sources), description, progress) as advance,
+        threads_beside_workers(workers, device),
+    ):
         for batch in batches:
             yield batch
             advance(len(batch.indices) + len(batch.errors))

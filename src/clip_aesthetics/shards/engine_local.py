@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from ..images import default_workers, draft_size_for
+from ..images import default_workers, draft_size_for, threads_beside_workers
 from .pipeline import BatchScorer, collate_rows, decode_row, shard_rows
 from .readers import Shard
 
@@ -58,5 +58,6 @@ def run_local(
         worker_init_fn=_init_worker if workers else None,
         prefetch_factor=4 if workers else None,
     )
-    for batch in loader:
-        yield batch_scorer(batch)
+    with threads_beside_workers(workers, scorer.device):  # decoders and the model share the cores
+        for batch in loader:
+            yield batch_scorer(batch)
