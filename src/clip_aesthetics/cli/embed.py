@@ -6,11 +6,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from ..constants import DEFAULT_MODEL
 from ..fileio import atomic_write_json
-from ..tables import format_metric
+from ..tables import format_metric, print_table
 from .app import EXIT_NOTHING_DONE, app, console, err_console, fail, user_errors, warn
 from .options import (
     AnyDataset,
@@ -161,13 +160,12 @@ def _print_fit(fit: dict) -> None:
         else ""
     )
     n = fit["n"]
-    table = Table(title=f"{fit['solver']} probe on {fit['target']}{alpha}; train n = {n['train']}")
+    title = f"{fit['solver']} probe on {fit['target']}{alpha}; train n = {n['train']}"
     names = [m for m in PROBE_METRICS if any(m in v for v in fit["metrics"].values())]
-    for column in ("split", "n", *names):
-        table.add_column(column, justify="left" if column == "split" else "right")
-    for split, metrics in fit["metrics"].items():
-        values = [metrics.get(m) for m in names]
-        table.add_row(split, str(metrics["n"]), *(format_metric(v) for v in values))
-    console.print(table)
+    rows = [
+        [split, str(metrics["n"]), *(format_metric(metrics.get(m)) for m in names)]
+        for split, metrics in fit["metrics"].items()
+    ]
+    print_table(console, title, ["split", "n", *names], rows, right=["n", *names], whole=["n", *names])
     if selection.get("at_grid_edge"):
         warn("warning:", "the chosen alpha is at the edge of the grid searched")

@@ -7,11 +7,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.table import Table
 
 from ..constants import DEFAULT_MAX_PIXELS, TABLE_METRICS
 from ..fileio import atomic_write_text, check_outputs
-from ..tables import format_interval, format_metric
+from ..tables import format_interval, format_metric, print_table
 from .app import EXIT_NOTHING_DONE, app, console, err_console, fail, user_errors, warn
 from .options import (
     BatchSize,
@@ -110,15 +109,14 @@ def _metric_cells(metrics: dict, intervals: dict, names: list[str]) -> list[str]
 def print_results(named: list[tuple[str, EvaluationResult]], title: str) -> None:
     """A rich table: one row per scorer with n, the metrics it has, failures, time and images/s."""
     names = [m for m in TABLE_METRICS if any(m in r.metrics for _, r in named)]
-    table = Table(title=title)
-    table.add_column("scorer", overflow="fold")
-    for column in ["n", *[HEADINGS[n] for n in names], "failed", "time", "img/s"]:
-        table.add_column(column, justify="right", no_wrap=True)
+    numbers = ["n", *[HEADINGS[n] for n in names], "failed", "time", "img/s"]
+    rows = []
     for name, result in named:
         cells = _metric_cells(result.metrics, result.intervals, names)
         speed = [f"{result.seconds:.1f} s", f"{result.images_per_second:.1f}"]
-        table.add_row(name, str(result.n_scored), *cells, str(result.n_failed), *speed)
-    console.print(table)
+        rows.append([name, str(result.n_scored), *cells, str(result.n_failed), *speed])
+    # metrics (and their intervals) are never cut: past 80 columns each scorer becomes a block of lines
+    print_table(console, title, ["scorer", *numbers], rows, right=numbers, whole=numbers)
 
 
 def _report_failed(result: EvaluationResult) -> None:

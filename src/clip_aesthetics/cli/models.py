@@ -2,24 +2,22 @@
 
 from __future__ import annotations
 
-from rich.table import Table
-from rich.text import Text
-
 from .app import app, console
 
 
 @app.command()
 def models() -> None:
     """List the known backbones and mark which have their weights in the local Hugging Face cache."""
+    from ..tables import print_table
     from ..weights import backbone_rows
 
-    table = Table(title="Backbones (any open_clip model or timm name also works)")
-    for column in ("model", "pretrained", "offline", "what", "Hugging Face repo"):
-        table.add_column(column)
-    for row in backbone_rows():
-        offline = Text("yes", style="green") if row["offline"] else "no"
-        table.add_row(row["model"], row["pretrained"] or "-", offline, row["what"], row["repo"])
-    console.print(table)
+    header = ("model", "pretrained", "offline", "what", "Hugging Face repo")
+    rows = [
+        (row["model"], row["pretrained"] or "-", "yes" if row["offline"] else "no", row["what"], row["repo"])
+        for row in backbone_rows()
+    ]  # names to copy into --model/--pretrained are never cut
+    title = "Backbones (any open_clip model or timm name also works)"
+    print_table(console, title, header, rows, whole=("model", "pretrained", "Hugging Face repo"))
     console.print(
         "Weights download to the Hugging Face cache on first use; offline, pass "
         "--pretrained FILE or --model local-dir:FOLDER.",

@@ -7,10 +7,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from ..constants import DEFAULT_MODEL, PROMPT_METRICS, PROMPT_STRATEGIES, SPLITS
-from ..tables import format_metric
+from ..tables import format_metric, print_table
 from .app import app, console, user_errors
 from .options import (
     BatchSize,
@@ -128,18 +127,15 @@ def search(
 
 
 def _show(rows: list[dict], top: int, n_images: int, output: Path, save_best: Path | None) -> None:
-    table = Table(title=f"Best prompt pairs on {n_images} images")
-    for column in ("rank", "strategy", "positive", "negative", "SRCC", "PLCC", "accuracy"):
-        table.add_column(column)
-    for row in rows[:top]:
-        table.add_row(
-            str(row["rank"]),
-            row["strategy"],
-            row["positive"],
-            row["negative"],
-            *(format_metric(row[k], digits=4) for k in ("srcc", "plcc", "accuracy")),
-        )
-    console.print(table)
+    metrics = ("SRCC", "PLCC", "accuracy")
+    table = [
+        [str(row["rank"]), row["strategy"], row["positive"], row["negative"]]
+        + [format_metric(row[k], digits=4) for k in ("srcc", "plcc", "accuracy")]
+        for row in rows[:top]
+    ]
+    header = ("rank", "strategy", "positive", "negative", *metrics)
+    title = f"Best prompt pairs on {n_images} images"
+    print_table(console, title, header, table, right=("rank", *metrics), whole=metrics)
     line = f"{len(rows)} configurations; wrote {output}"
     if save_best is not None:
         line += f" and the best as {save_best}"

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
-from rich.table import Table
 
 from ..constants import DEFAULT_MAX_PIXELS, DEFAULT_MAX_THUMBNAILS
 from ..fileio import text_name
@@ -321,12 +320,11 @@ def _summary(result, top: int) -> None:
     from ..scoring import NON_FINITE
 
     if top and result.top_rows:
-        table = Table(title=f"Top {len(result.top_rows)} of {result.n_scored}")
-        for column in ("rank", "score", "label", "path"):
-            table.add_column(column, justify="right" if column in ("rank", "score") else "left")
-        for row in result.top_rows:
-            table.add_row(str(row["rank"]), f"{row['score']:.3f}", row["label"], row["path"])
-        console.print(table)
+        from ..tables import print_table
+
+        rows = [(str(r["rank"]), f"{r['score']:.3f}", r["label"], r["path"]) for r in result.top_rows]
+        title = f"Top {len(result.top_rows)} of {result.n_scored}"
+        print_table(console, title, ("rank", "score", "label", "path"), rows, right=("rank", "score"))
     line = f"scored {result.n_scored}, unreadable {result.n_unreadable}"
     if result.n_non_finite:
         line += f", {NON_FINITE} {result.n_non_finite}"
