@@ -209,7 +209,8 @@ def test_failed_write_leaves_previous_file(tmp_path: Path, monkeypatch, suffix: 
 def test_auto_precision_follows_cpu_bf16(monkeypatch) -> None:
     monkeypatch.setenv("CLIP_AESTHETICS_CPU_BF16", "1")
     assert resolve_precision(CPU, "auto", cpu_bf16=True) == "bf16"
-    assert resolve_precision(CPU, "auto") == "fp32"  # evaluate, reproduce, prompt search: exact by default
+    assert resolve_precision(CPU, "auto") == "bf16"  # one rule for every command (evaluate too)
+    assert resolve_precision(CPU, "auto", cpu_bf16=False) == "fp32"
     assert resolve_precision(CPU, "fp32", cpu_bf16=True) == "fp32"
     monkeypatch.setenv("CLIP_AESTHETICS_CPU_BF16", "0")
     assert resolve_precision(CPU, "auto", cpu_bf16=True) == "fp32"
@@ -312,3 +313,21 @@ def test_evaluate_with_markup_in_names(tmp_path: Path, tiny_clip_spec: str) -> N
     assert result.exit_code == 0, result.output
     assert sorted(Path(r["path"]).name for r in read_csv(preds)) == sorted(names)
     assert json.loads(metrics.read_text())["n_scored"] == 6
+
+
+def test_embed_and_evaluate_follow_one_precision_rule(
+    photo_dir: Path, tmp_path: Path, tiny_clip_spec: str, monkeypatch
+) -> None:
+    """fit-probe's metrics come from `embed` features; `evaluate` of the same probe must use the same
+    precision, and both files say which it was."""
+    monkeypatch.setenv("CLIP_AESTHETICS_CPU_BF16", "1")  # as on a CPU with native bf16
+    rows = [f"{p.name},{3 + i % 5},test" for i, p in enumerate(sorted(photo_dir.glob("*.*")))]
+    labels = photo_dir / "labels.csv"
+    labels.write_text("path,score,split\n" + "\n".join(rows) + "\n")
+    common = ["--dataset", "csv", "--model", tiny_clip_spec, "--workers", "0"]
+    cache, metrics = tmp_path / "cache", tmp_path / "m.json"
+    assert run("embed", labels, *common, "-o", cache).exit_code == 0
+    result = run("evaluate", labels, *common, *PROMPT_ARGS, "--output", metrics)
+    assert result.exit_code == 0, result.output
+    embedded = json.loads((cache / "manifest.json").read_text())["feature"]["precision"]
+    assert embedded == json.loads(metrics.read_text())["precision"] == "bf16"

@@ -199,6 +199,7 @@ def evaluate(
     scorer = _build(scorer_file, model, pretrained, groups, device, _formula(zeroshot_score))
     caches = open_caches(features or [])
     _check_caches(caches, scorer)
+    precision = _precision_used(device, precision)
     result = evaluate_scorer(
         scorer,
         evaluation_set.records,
@@ -214,7 +215,7 @@ def evaluate(
     )
     _report_failed(result)
     print_results([(scorer_file or "zeroshot", result)], f"{dataset} {split}: {result.n_scored} images")
-    write_json(metrics_document(result, evaluation_set), output)
+    write_json({**metrics_document(result, evaluation_set), "precision": precision}, output)
     written = [output]
     if predictions is not None:
         written.append(write_predictions(result, predictions))
@@ -363,6 +364,7 @@ def compare(
         root, dataset, split, _split_kind(split_kind, split_file), split_seed, manifest
     )
     options = {"threshold": threshold, "bootstrap": bootstrap, "batch_size": batch_size, "workers": workers}
+    precision = _precision_used(device, precision)
     options.update(precision=precision, max_pixels=max_pixels, decode=decode, caches=caches)
     names = _names(scorer_files, zeroshot)
     sources = ["zeroshot" if path is None else path for _, path in names]
@@ -374,7 +376,17 @@ def compare(
     for _, result in named:
         _report_failed(result)
     print_results(named, f"{dataset} {split}: {len(evaluation_set.records)} images")
-    _write_comparison(named, evaluation_set, threshold, output, json_output)
+    _write_comparison(
+        named, evaluation_set, {"threshold": threshold, "precision": precision}, output, json_output
+    )
+
+
+def _precision_used(device: str, precision: str) -> str:
+    """The precision ``auto`` stands for here (the rule every command shares), recorded with the metrics."""
+    from ..backbones import resolve_device
+    from ..scorers.base import resolve_precision
+
+    return resolve_precision(resolve_device(device), precision)
 
 
 def _evaluate_by_encoder(
@@ -403,7 +415,7 @@ def _evaluate_by_encoder(
 def _write_comparison(
     named: list[tuple[str, EvaluationResult]],
     evaluation_set: EvaluationSet,
-    threshold: float,
+    settings: dict,
     output: Path,
     json_output: Path | None,
 ) -> None:
@@ -414,6 +426,6 @@ def _write_comparison(
     atomic_write_text(output, comparison_markdown(rows))
     written = [output]
     if json_output is not None:
-        document = {**evaluation_set.describe(), "threshold": threshold, "rows": rows}
+        document = {**evaluation_set.describe(), **settings, "rows": rows}
         written.append(write_json({**document, "versions": package_versions()}, json_output))
     console.print(f"wrote {', '.join(map(str, written))}", highlight=False)

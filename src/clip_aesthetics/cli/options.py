@@ -50,16 +50,14 @@ Workers = Annotated[
     int | None, typer.Option("--workers", min=0, help="Decoding processes (default: depends on the device).")
 ]
 Device = Annotated[str, typer.Option("--device", help="auto (CUDA if present), cpu, cuda, cuda:1, ...")]
+# One rule for every command: bf16 also on CPUs that compute it natively (AVX512-BF16, AMX).
 Precision = Annotated[
-    str, typer.Option("--precision", help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16, fp16.")
-]
-# score and embed: bf16 also on CPUs that compute it natively (AVX512-BF16, AMX).
-CpuBf16Precision = Annotated[
     str,
     typer.Option(
         "--precision", help="auto (bf16 on CUDA and on CPUs with native bf16, else fp32), fp32, bf16, fp16."
     ),
 ]
+CpuBf16Precision = Precision  # the name score and embed used when the rule was theirs alone
 ZeroShotScore = Annotated[
     str | None,
     typer.Option(

@@ -251,12 +251,11 @@ def bf16_in_cpu_flags(cpuinfo: str) -> bool:
     return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
-def resolve_precision(device: torch.device, precision: str, *, cpu_bf16: bool = False) -> str:
-    """``auto`` means bf16 on CUDA; on a CPU, bf16 when ``cpu_bf16`` is asked and the CPU computes bf16
-    natively (:func:`cpu_has_native_bf16`), else fp32.
-
-    Bulk scoring and embedding pass ``cpu_bf16=True`` (speed first); measurements (evaluate, reproduce,
-    prompt search) keep ``auto`` at fp32 on CPUs so their numbers match open_clip's.
+def resolve_precision(device: torch.device, precision: str, *, cpu_bf16: bool = True) -> str:
+    """``auto`` means bf16 on CUDA and on CPUs that compute bf16 natively (:func:`cpu_has_native_bf16`),
+    else fp32: one rule for every command, so that features embedded for a probe and the same probe
+    evaluated on images give the same metrics (``CLIP_AESTHETICS_CPU_BF16=0`` keeps CPUs at fp32, to match
+    open_clip exactly). ``cpu_bf16=False`` keeps one caller's ``auto`` at fp32 on every CPU.
     """
     if precision not in ("auto", "fp32", "bf16", "fp16"):
         raise ValueError(f"unknown precision {precision!r} (choose auto, fp32, bf16 or fp16)")
