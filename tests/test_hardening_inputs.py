@@ -157,7 +157,7 @@ def test_pipe_in_an_adjective_stays_in_its_markdown_cell() -> None:
 def test_synth_ava_refuses_impossible_sizes_before_writing(tmp_path: Path) -> None:
     for args, phrase in [
         (["--size", "100000"], "size in [16, 4096]"),
-        (["--n", "10", "--n-corrupt", "50"], "n_corrupt=50 exceeds the 9 train images"),
+        (["--n", "10", "--n-corrupt", "50"], "--n-corrupt 50 exceeds the 5 train images"),
     ]:
         result = CliRunner().invoke(app, ["synth-ava", str(tmp_path / "out"), *args])
         assert phrase in _one_line_error(result)
