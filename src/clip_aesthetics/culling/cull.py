@@ -37,7 +37,8 @@ def shoot_groups(
     """The group of every frame of ``shoot`` (independent of the scorer, so computed once per shoot)."""
     times = [f["time"] for f in shoot.frames]
     clocks = [f["time_source"] for f in shoot.frames]
-    return group_frames(shoot.features, times, clocks, similarity=similarity, max_gap=max_gap)
+    tones = [f.get("tone") for f in shoot.frames]  # None in caches from before tone signatures
+    return group_frames(shoot.features, times, clocks, similarity=similarity, max_gap=max_gap, tones=tones)
 
 
 def cull_rows(

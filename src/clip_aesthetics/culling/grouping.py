@@ -7,8 +7,10 @@ its first and last frames are further apart than ``max_gap``. Frames without com
 by content alone.
 
 The best frame of a group is chosen from the aesthetic score after the technical checks: frames whose
-sharpness is below :data:`SOFT_RATIO` of the group's sharpest frame are "soft" (motion blur, missed focus)
-and can only win when every frame of the group is; clipped highlights and shadows lower a frame's quality.
+sharpness is below :data:`SOFT_RATIO` of the group's sharpest well-exposed frame are "soft" (motion blur,
+missed focus) and, like badly clipped frames, can only win when every frame of the group is; clipped
+highlights and shadows lower a frame's quality. Frames of one burst whose tone signatures match are linked
+even when their embeddings are not alike: an over-exposed frame stays in its burst.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from scipy.sparse import csgraph
 DEFAULT_SIMILARITY = 0.92
 DEFAULT_MAX_GAP = 10.0  # seconds between linked frames
 SOFT_RATIO = 0.5
+TONE_LINK = 0.8  # tone-signature correlation linking frames of one burst (see technical.tone_signature)
 CLIPPING_PENALTY = 2.0  # score points lost per unit fraction of clipped pixels beyond the limits
 BLOCK = 512  # rows of the similarity matrix computed at once
 TILE = 2048  # columns per tile: a tile holds at most BLOCK x TILE links (1 million)
@@ -34,6 +37,8 @@ def group_frames(
     *,
     similarity: float = DEFAULT_SIMILARITY,
     max_gap: float = DEFAULT_MAX_GAP,
+    tones: Sequence[Sequence[float] | None] | None = None,
+    tone_link: float = TONE_LINK,
 ) -> np.ndarray:
     """Group index (0..G-1, in order of each group's first frame) for every frame.
 
@@ -48,10 +53,15 @@ def group_frames(
         sources: the clock each time comes from (``exif``, ``file``); times are only compared within one.
         similarity: the cosine similarity from which two frames count as alike.
         max_gap: the largest time between two linked frames, in seconds.
+        tones: each frame's tone signature (:func:`~clip_aesthetics.culling.technical.tone_signature`;
+            None where unknown): frames of one burst (same clock, within ``max_gap``) whose signatures
+            correlate at least ``tone_link`` are linked too, so an over- or under-exposed frame, whose
+            embedding moves away, stays in its burst.
     """
     x = np.asarray(embeddings, dtype=np.float32)
     n = len(x)
     x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    z = _standardised(tones, n)
     t = np.full(n, np.nan) if times is None else np.array([np.nan if v is None else v for v in times], float)
     names = ["" if sources is None or s is None else s for s in (sources or [None] * n)]
     clock = np.unique(names, return_inverse=True)[1].reshape(n) if n else np.zeros(0, int)
@@ -66,12 +76,25 @@ def group_frames(
             # frames sorted by time: only a band of columns can be within max_gap of this block
             lo = np.searchsorted(t[timed], t[rows[0]] - max_gap, side="left")
             hi = np.searchsorted(t[timed], t[rows[-1]] + max_gap, side="right")
-            _link(groups, x, rows, timed[lo:hi], similarity, t, max_gap)
+            _link(groups, x, rows, timed[lo:hi], similarity, t, max_gap, (z, tone_link))
             _link(groups, x, rows, others, similarity)
     untimed = np.flatnonzero(clock < 0)
     for start in range(0, len(untimed), BLOCK):
         _link(groups, x, untimed[start : start + BLOCK], untimed, similarity)
     return groups.labels()
+
+
+def _standardised(tones, n: int) -> np.ndarray | None:
+    """Signatures centred and scaled so that a dot product is their correlation; zeros where unknown."""
+    if tones is None or all(t is None for t in tones):
+        return None
+    width = len(next(t for t in tones if t is not None))
+    z = np.zeros((n, width), np.float32)
+    for i, tone in enumerate(tones):
+        if tone is not None and len(tone) == width:
+            centred = np.asarray(tone, np.float64) - np.mean(tone)
+            z[i] = centred / max(float(np.linalg.norm(centred)), 1e-12)
+    return z
 
 
 class _UnionFind:
@@ -113,7 +136,7 @@ class _UnionFind:
         return order[inverse.reshape(-1)].astype(np.int64)
 
 
-def _link(groups: _UnionFind, x, rows, cols, similarity, t=None, max_gap=None) -> None:
+def _link(groups: _UnionFind, x, rows, cols, similarity, t=None, max_gap=None, tone=(None, 1.0)) -> None:
     """Merge the pairs of ``rows`` x ``cols`` alike in content (and, with ``t``, within ``max_gap``).
 
     A tile's links are reduced to its connected components first, so the union-find sees at most one
@@ -127,6 +150,9 @@ def _link(groups: _UnionFind, x, rows, cols, similarity, t=None, max_gap=None) -
             continue  # one group already: nothing to learn from this tile
         linked = x[rows] @ x[part].T >= similarity
         if t is not None:
+            z, tone_link = tone
+            if z is not None:  # one burst: alike in layout of light and dark counts too
+                linked |= z[rows] @ z[part].T >= tone_link
             linked &= np.abs(t[rows, None] - t[None, part]) <= max_gap
         i, j = np.nonzero(linked)
         size = len(rows) + len(part)
@@ -153,11 +179,17 @@ def rank_group(
 ) -> tuple[list[int], list[bool]]:
     """Order of one group's frames, best first, and which frames are soft.
 
-    Sharp frames (at least :data:`SOFT_RATIO` of the sharpest) come before soft ones whatever their
-    scores; within each, higher quality first.
+    Softness is judged against the sharpest well-exposed frame (at least :data:`SOFT_RATIO` of it): a
+    blown-out frame's hard edges raise the Laplacian (2 stops over doubles it on a real photograph), so it
+    is no yardstick. Sharp, well-exposed frames come first whatever their scores; then the badly clipped and
+    the soft ones; within each, higher quality first.
     """
+    from .technical import BLOWN_LIMIT, CRUSHED_LIMIT
+
     sharp = np.asarray(sharpness, dtype=np.float64)
-    soft = sharp < SOFT_RATIO * sharp.max() if len(sharp) else np.zeros(0, bool)
+    clipped = (np.asarray(highlights, float) > BLOWN_LIMIT) | (np.asarray(shadows, float) > CRUSHED_LIMIT)
+    reference = sharp[~clipped] if (~clipped).any() else sharp
+    soft = sharp < SOFT_RATIO * reference.max() if len(sharp) else np.zeros(0, bool)
     value = [quality(s, h, d) for s, h, d in zip(scores, highlights, shadows, strict=True)]
-    order = sorted(range(len(value)), key=lambda i: (bool(soft[i]), -value[i], i))
+    order = sorted(range(len(value)), key=lambda i: (bool(soft[i] or clipped[i]), -value[i], i))
     return order, [bool(v) for v in soft]

@@ -28,7 +28,7 @@ from ..images import DEFAULT_MAX_PIXELS, find_images, is_raw_file, iter_batches
 from ..prompts import cache_dir
 from ..scorers.base import autocast
 from .capture import capture_time
-from .technical import SHARPNESS_SCALE, technical
+from .technical import SHARPNESS_SCALE, technical, tone_signature
 
 THUMB_SIZE = 384  # long side of grid thumbnails, pixels
 CHECKPOINT_EVERY = 2048  # photos between cache saves
@@ -126,6 +126,7 @@ class FrameAnalysis:
             "time_source": taken.source,
             "time_text": taken.text,
             **technical(image).to_dict(),
+            "tone": tone_signature(image),
             "thumb": thumb,
         }
 
