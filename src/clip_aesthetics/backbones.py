@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import os
 import re
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from torch import nn
 
 from .constants import DEFAULT_MODEL, DEFAULT_PRETRAINED
 from .fileio import file_digest, folder_digest
+from .known_weights import KnownWeights, architecture, identify_file, remember, weights_file
 from .weights import WeightsNotFoundError, hub_file, snapshot_identity
 
 RANDOM_WEIGHTS = ("none", "random")
@@ -62,6 +64,8 @@ class Backbone(nn.Module):
         kind: ``clip`` or ``timm``.
         feature_dim: width of :meth:`encode_image` output.
         preprocess_cfg: the model's own preprocessing.
+        known_weights: the published weights these are (``ViT-B-32:openai``), recognised by their content
+            whatever route they came by (:mod:`~clip_aesthetics.known_weights`); None when unknown.
         weights_id: the weights' identity, which changes whenever the weights do (caches are keyed on it):
             a tag, a hub repository at its revision, or the sha256 of a weights file or local-dir folder.
     """
@@ -84,6 +88,7 @@ class Backbone(nn.Module):
         self.kind = kind
         self.preprocess_cfg = preprocess_cfg
         self.weights_id = weights_id
+        self.known_weights: str | None = None  # published weights recognised by content: "ViT-B-32:openai"
         self._tokenizer = tokenizer
         self.register_buffer("_mean", torch.tensor(preprocess_cfg.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("_std", torch.tensor(preprocess_cfg.std).view(1, 3, 1, 1), persistent=False)
@@ -113,6 +118,15 @@ class Backbone(nn.Module):
             "weights_id": self.weights_id,
             "quick_gelu": self.uses_quick_gelu,
         }
+
+    def set_preprocessing(self, preprocess: PreprocessConfig | dict) -> None:
+        """Preprocess images another way than the model's own (as a scorer file records it)."""
+        if isinstance(preprocess, dict):
+            fields = {k: tuple(v) if isinstance(v, list) else v for k, v in preprocess.items()}
+            preprocess = PreprocessConfig(**fields)
+        self.preprocess_cfg = preprocess
+        self._mean.copy_(torch.tensor(preprocess.mean).view(1, 3, 1, 1))
+        self._std.copy_(torch.tensor(preprocess.std).view(1, 3, 1, 1))
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (N, 3, H, W) in 0..255 -> float model input, on the backbone's device."""
@@ -173,20 +187,6 @@ class Backbone(nn.Module):
         return int(self.model.num_features)
 
 
-def _cpu_bf16_autocast() -> bool:
-    return torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
-
-
-def _hub_identity(repo: str, cached_file: str) -> str:
-    """``repo@revision:sha256:...``: the snapshot and the weights file actually loaded from the cache."""
-    return f"{repo}@{snapshot_identity(cached_file)}"
-
-
-def _clip_preprocess(model: nn.Module) -> PreprocessConfig:
-    cfg = open_clip.get_model_preprocess_cfg(model)
-    size = cfg.get("size", 224)
-    size = size if isinstance(size, int) else int(size[0])
-    return PreprocessConfig(
 @dataclass(frozen=True)
 class CausalTextTower:
     """An open_clip text transformer whose pooled output depends only on the tokens up to the pooled one.
@@ -263,6 +263,20 @@ def _is_causal_mask(mask: torch.Tensor | None) -> bool:
     return bool(torch.equal(torch.isneginf(mask), later) and (mask[~later] == 0).all())
 
 
+def _cpu_bf16_autocast() -> bool:
+    return torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+
+
+def _hub_identity(repo: str, cached_file: str) -> str:
+    """``repo@revision:sha256:...``: the snapshot and the weights file actually loaded from the cache."""
+    return f"{repo}@{snapshot_identity(cached_file)}"
+
+
+def _clip_preprocess(model: nn.Module) -> PreprocessConfig:
+    cfg = open_clip.get_model_preprocess_cfg(model)
+    size = cfg.get("size", 224)
+    size = size if isinstance(size, int) else int(size[0])
+    return PreprocessConfig(
         size=size,
         resize_size=size,
         interpolation=cfg.get("interpolation", "bicubic"),
@@ -273,23 +287,34 @@ def _is_causal_mask(mask: torch.Tensor | None) -> bool:
 
 
 def _quick_gelu_for_file(name: str, path: str) -> bool:
-    """QuickGELU for a weights file: true when it comes from a tag trained with QuickGELU.
+    """QuickGELU for a weights file: what its content is known to need, never what its name suggests.
 
-    A file is recognised by its Hugging Face cache folder (``models--timm--vit_base_patch32_clip_224.openai``)
-    or by the tag appearing in its file name (``ViT-B-32-openai.safetensors``).
+    Unknown content (see :mod:`~clip_aesthetics.known_weights`) of an architecture that has QuickGELU
+    weights (OpenAI's) gets the architecture's own GELU and a warning naming the ``-quickgelu`` model.
     """
-    text = path.replace(os.sep, "/").lower()
-    for tag in open_clip.list_pretrained_tags_by_model(name):
-        cfg = open_clip.get_pretrained_cfg(name, tag)
-        if not cfg.get("quick_gelu"):
-            continue
-        repo = cfg.get("hf_hub", "").strip("/").split("/")
-        repo_dir = f"models--{repo[0]}--{repo[1]}".lower() if len(repo) >= 2 else None
-        if (repo_dir and repo_dir in text) or re.search(
-            rf"(^|[^a-z0-9]){re.escape(tag.lower())}([^a-z0-9]|$)", Path(text).name
-        ):
-            return True
-    return False
+    known = identify_file(path)
+    if known is not None:
+        return known.quick_gelu
+    base = architecture(name)
+    if name == base and any(
+        open_clip.get_pretrained_cfg(base, tag).get("quick_gelu")
+        for tag in open_clip.list_pretrained_tags_by_model(base)
+    ):
+        warnings.warn(
+            f"{path}: cannot tell from its content whether these are OpenAI's weights (trained with "
+            f"QuickGELU); using {name} as configured (GELU). If they are, pass --model {base}-quickgelu",
+            stacklevel=4,
+        )
+    return name != base
+
+
+def _known_in_folder(folder: str | os.PathLike, kwargs: dict, quick_gelu: bool | None) -> KnownWeights | None:
+    """The known weights of a local-dir/hub folder; their activation unless one is forced."""
+    weights = weights_file(folder)
+    known = identify_file(weights) if weights is not None else None
+    if known is not None and known.quick_gelu and quick_gelu is None:
+        kwargs["force_quick_gelu"] = True  # the folder's config may say GELU: the weights decide
+    return known
 
 
 def _local_dir_checked(path: str) -> str:
@@ -318,9 +343,11 @@ def _load_open_clip(spec: str, pretrained: str | None, quick_gelu: bool | None) 
         weights = hub_file(repo, _OPEN_CLIP_WEIGHT_NAMES, f"weights of {repo}", hint)
         # both files sit in one cache snapshot folder: load it as a local dir, nothing touches the network
         name, weights_id = f"local-dir:{Path(config).parent}", f"hf-hub:{_hub_identity(repo, weights)}"
+        known = _known_in_folder(Path(config).parent, kwargs, quick_gelu)
     elif spec.startswith("local-dir:"):
         folder = _local_dir_checked(spec.removeprefix("local-dir:"))
         name, weights_id = f"local-dir:{folder}", folder_digest(folder)
+        known = _known_in_folder(folder, kwargs, quick_gelu)
     else:
         name = spec.replace("/", "-")
         if name not in open_clip.list_models():
@@ -328,11 +355,13 @@ def _load_open_clip(spec: str, pretrained: str | None, quick_gelu: bool | None) 
                 f"unknown model {spec!r}: see `clip-aesthetics models` or open_clip.list_models()"
             )
         pretrained = DEFAULT_PRETRAINED if pretrained is None else pretrained
+        known = None
         if pretrained in RANDOM_WEIGHTS:
             kwargs["force_quick_gelu"] = bool(quick_gelu)
             weights_id = f"{name}:random"
         elif os.path.isfile(pretrained):
             kwargs["pretrained"] = pretrained
+            known = identify_file(pretrained)
             kwargs["force_quick_gelu"] = (
                 _quick_gelu_for_file(name, pretrained) if quick_gelu is None else quick_gelu
             )
@@ -345,6 +374,8 @@ def _load_open_clip(spec: str, pretrained: str | None, quick_gelu: bool | None) 
                     f"--pretrained {pretrained!r} is neither a file nor a known tag of {name} (tags: {tags})"
                 )
             kwargs["pretrained"] = _tag_file(name, pretrained, cfg)
+            known = KnownWeights(architecture(name), pretrained, bool(cfg.get("quick_gelu")))
+            remember(kwargs["pretrained"], known)  # the same file given by another route is then known
             # the activation must match the one the weights were trained with (OpenAI weights: QuickGELU)
             kwargs["force_quick_gelu"] = bool(cfg.get("quick_gelu")) if quick_gelu is None else quick_gelu
             kwargs["force_preprocess_cfg"] = {
@@ -355,7 +386,7 @@ def _load_open_clip(spec: str, pretrained: str | None, quick_gelu: bool | None) 
     model = open_clip.create_model(name, **kwargs)
     model.eval()
     tokenizer = open_clip.get_tokenizer(name)
-    return Backbone(
+    backbone = Backbone(
         model,
         spec=spec,
         pretrained=pretrained if not spec.startswith(("hf-hub:", "local-dir:")) else None,
@@ -364,6 +395,8 @@ def _load_open_clip(spec: str, pretrained: str | None, quick_gelu: bool | None) 
         weights_id=weights_id,
         tokenizer=tokenizer,
     )
+    backbone.known_weights = known.label if known is not None else None
+    return backbone
 
 
 def _tag_file(name: str, tag: str, cfg: dict) -> str:
@@ -383,7 +416,22 @@ def _tag_file(name: str, tag: str, cfg: dict) -> str:
 
 
 def _timm_preprocess(model: nn.Module) -> PreprocessConfig:
-    cfg = timm.data.resolve_model_data_config(model)
+    return _timm_data_preprocess(timm.data.resolve_model_data_config(model))
+
+
+def timm_default_preprocess(name: str) -> PreprocessConfig:
+    """What timm's default configuration of architecture ``name`` does to an image, whatever the weights.
+
+    The paper's authors ran Alibaba-MIIL's ResNet-50 through it (ImageNet mean/std, bicubic, crop 0.95 for
+    ``resnet50``) rather than MIIL's own preprocessing.
+    """
+    cfg = timm.models.get_pretrained_cfg(name)
+    if cfg is None:
+        raise ValueError(f"timm has no default configuration for {name!r}")
+    return _timm_data_preprocess(timm.data.resolve_data_config(pretrained_cfg=cfg.to_dict()))
+
+
+def _timm_data_preprocess(cfg: dict) -> PreprocessConfig:
     size = int(cfg["input_size"][-1])
     crop_pct = cfg.get("crop_pct", 1.0) or 1.0
     mode = cfg.get("crop_mode", "center")
@@ -471,6 +519,7 @@ def load_backbone(
     *,
     device: str | None = None,
     quick_gelu: bool | None = None,
+    preprocess: PreprocessConfig | dict | None = None,
 ) -> Backbone:
     """Load a CLIP or timm backbone, weights from a file, a local folder or the Hugging Face cache.
 
@@ -479,7 +528,9 @@ def load_backbone(
         pretrained: for open_clip names a tag (default ``openai``), a file, or ``none`` for random weights;
             for timm a file or ``none`` (default: the weights the name selects).
         device: ``cuda``, ``cpu``, ... (default: CUDA when available).
-        quick_gelu: force the activation for a weights file; by default it follows the weights' origin.
+        quick_gelu: force the activation for a weights file; by default it follows the weights' content.
+        preprocess: the image pipeline's preprocessing instead of the model's own (a scorer file's recorded
+            one, or :func:`timm_default_preprocess` for the paper's MIIL ResNet-50).
 
     Raises:
         WeightsNotFoundError: weights are neither cached nor downloadable; the message says what to do.
@@ -488,6 +539,8 @@ def load_backbone(
         backbone = _load_timm(model.removeprefix("timm:"), pretrained)
     else:
         backbone = _load_open_clip(model, pretrained, quick_gelu)
+    if preprocess is not None:
+        backbone.set_preprocessing(preprocess)
     return backbone.to(resolve_device(device))
 
 

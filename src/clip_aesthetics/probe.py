@@ -262,6 +262,7 @@ def fit_probe(
     solver: str = "ols",
     alpha: float | str | None = None,
     target: str = "mean",
+    fit_on: tuple[str, ...] = ("train",),
 ) -> ProbeResult:
     """Fit a probe on a cache's train split, choose alpha on val (ridge, auto), report val and test metrics.
 
@@ -270,14 +271,22 @@ def fit_probe(
         solver: ``ols`` (the paper) or ``ridge``.
         alpha: ridge penalty or ``auto`` (default for ridge).
         target: ``mean`` (the mean score) or ``distribution`` (the ten vote fractions).
+        fit_on: the splits fitted on: ``("train",)``, or ``("train", "val")`` as the authors did (their
+            whole training file; the validation split is then not held out, so ``auto`` cannot use it).
 
     Raises:
         ValueError: the cache has no train split, no labels, or (auto) no validation split.
     """
     if not isinstance(features, FeatureSet):
         features = load_features(features)
+    if not set(fit_on) <= {"train", "val"} or "train" not in fit_on:
+        raise ValueError(f"a probe fits on train, or train and val; not {fit_on}")
+    if "val" in fit_on and solver == "ridge" and alpha in (None, "auto"):
+        raise ValueError("--alpha auto picks the penalty on validation images: they cannot also be fitted on")
     splits = {name: features.select(name) for name in ("train", "val", "test")}
     train, val = splits["train"], splits["val"]
+    if "val" in fit_on:
+        train = features.select(*fit_on)
     if len(train) < 2:
         raise ValueError(
             f"the cache has {len(train)} training images: "
@@ -299,6 +308,7 @@ def fit_probe(
         "alpha": linear.alpha,
         "alpha_selection": linear.selection,
         "target": target,
+        "fit_on": list(fit_on),
         "n": {name: len(split) for name, split in splits.items()},
         "metrics": {
             name: evaluate_head(head, splits[name]) for name in ("val", "test") if len(splits[name]) >= 2

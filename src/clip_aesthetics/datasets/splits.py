@@ -194,7 +194,7 @@ def _split_file_ids(path: Path) -> list[str]:
             fields = [f.strip("\"'") for f in re.split(r"[,\s]+", line.strip()) if f]
             if not fields:
                 continue
-            header = first and len(fields) > 1 and not _is_number(fields[1])
+            header = first and not all(_is_number(f) for f in fields)  # e.g. "image_id,1,...,10"
             first = False
             reason = _fractions_problem(fields[1:])
             if reason is None:

@@ -271,9 +271,10 @@ class FeatureSet:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def select(self, split: str) -> FeatureSet:
-        """The records of one part of the split (train, val or test), or all of them."""
-        mask = np.ones(len(self.splits), dtype=bool) if split == "all" else self.splits == split
+    def select(self, split: str, *more: str) -> FeatureSet:
+        """The records of one part of the split (train, val or test), of several, or all of them."""
+        every = split == "all"
+        mask = np.ones(len(self.splits), dtype=bool) if every else np.isin(self.splits, [split, *more])
         keep = np.flatnonzero(mask)
         return FeatureSet(
             self.features[mask],

@@ -162,4 +162,6 @@ def backbone_for(config: dict, device: str | None = None) -> Backbone:
         candidate = load_backbone(spec["model"], "none", device=device, quick_gelu=spec["quick_gelu"] or None)
         if json.dumps(candidate.preprocess_cfg.to_dict()) == json.dumps(spec["preprocess"]):
             return candidate
-    return load_backbone(spec["model"], spec.get("pretrained"), device=device)
+    recorded = spec.get("preprocess")  # as the head was made (the paper's MIIL ResNet-50: timm's default)
+    preprocess = recorded if isinstance(recorded, dict) else None
+    return load_backbone(spec["model"], spec.get("pretrained"), device=device, preprocess=preprocess)
