@@ -396,6 +396,7 @@ document.addEventListener("keydown", (event) => {
   const field = event.target.closest("input, select");
   // a drop-down keeps its own up/down keys but never eats left/right: those always move the selection
   if (field && !(field.tagName === "SELECT" && (event.key === "ArrowLeft" || event.key === "ArrowRight"))) return;
+  if (field) field.blur(); // the keys that follow (stars, flags) belong to the grid too
   const key = event.key.length === 1 ? event.key.toLowerCase() : event.key;
   if (/^[0-5]$/.test(key)) { event.preventDefault(); label("stars", Number(key)); return; }
   if (KEYS[key]) { event.preventDefault(); KEYS[key](); }
