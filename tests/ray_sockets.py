@@ -43,3 +43,28 @@ def ray_listening(pids: set[int] | None = None) -> list[tuple[str, int]]:
                 sockets[link[8:-1]] for link in links if link.startswith("socket:[") and link[8:-1] in sockets
             ]
     return held
+
+
+def ray_workers_of(temp_dir: Path) -> set[str]:
+    """Names of the busy Ray worker processes (``ray::...``, not idle) of the raylet using ``temp_dir``."""
+    processes = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            command = (
+                (Path("/proc") / pid / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            )
+            parent = int((Path("/proc") / pid / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        processes[int(pid)] = (parent, command)
+    raylets = {
+        pid for pid, (_, command) in processes.items() if "raylet" in command and str(temp_dir) in command
+    }
+    return {
+        command.split()[0]
+        for parent, command in processes.values()
+        if parent in raylets
+        and command.startswith("ray::")
+        and not command.startswith(("ray::IDLE", "ray::Dash"))
+        and "Agent" not in command.split()[0]
+    }

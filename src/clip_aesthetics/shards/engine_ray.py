@@ -178,8 +178,8 @@ def _probe(address: str, timeout: float) -> str:
     from ray._private.services import canonicalize_bootstrap_address
 
     target = address.removeprefix("ray://")
-    try:
-        target = canonicalize_bootstrap_address(target) if not address.startswith("ray://") else target
+    try:  # "auto" (or none): the cluster this machine last started; a host:port is taken as given
+        target = canonicalize_bootstrap_address(target) if target == "auto" else target
     except (ConnectionError, ValueError) as exc:
         raise RuntimeError(f"no Ray cluster found for --ray-address {address}: {exc}") from None
     if target is None:
