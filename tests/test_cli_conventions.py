@@ -115,3 +115,49 @@ def test_a_refusal_over_a_thousand_prompts_stays_short(
     assert result.exit_code == 2
     assert "--overwrite" in result.output and "1000 of 1000" in result.output
     assert len(result.output) <= MAX_MESSAGE + 20
+
+
+def _interrupt(*args, **kwargs):
+    raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize(
+    ("command", "patched", "kept"),
+    [
+        ("evaluate", "clip_aesthetics.evaluation.evaluate_scorer", "nothing was written"),
+        ("compare", "clip_aesthetics.evaluation.evaluate_scorers", "nothing was written"),
+        ("embed", "clip_aesthetics.features.embed_dataset", "stay in"),
+        ("score", "clip_aesthetics.scoring.build_scorer", "nothing was written"),
+    ],
+)
+def test_ctrl_c_says_what_was_kept_the_same_way_everywhere(
+    command: str, patched: str, kept: str, tmp_path: Path, tiny_clip_spec: str, photo_dir: Path, monkeypatch
+) -> None:
+    demo = tmp_path / "demo"
+    assert run("synth-ava", demo, "--n", 12, "--size", 32).exit_code == 0
+    monkeypatch.setattr(patched, _interrupt)
+    out = tmp_path / "out"
+    args = {
+        "evaluate": [demo, "--model", tiny_clip_spec, "--output", out.with_suffix(".json")],
+        "compare": [demo, "--zeroshot", "--model", tiny_clip_spec, "--output", out.with_suffix(".md")],
+        "embed": [demo, "--model", tiny_clip_spec, "--output", out],
+        "score": [photo_dir, "--model", tiny_clip_spec, "--output", out.with_suffix(".csv")],
+    }[command]
+    result = CliRunner().invoke(app, [command, *map(str, args)], env=WIDE)
+    assert result.exit_code == 130
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith("error: interrupted: ") and kept in last
+    assert not list(tmp_path.glob("out.*"))  # nothing that looks finished
+
+
+def test_every_flag_has_one_form() -> None:
+    """`--overwrite`, never `--overwrite/--no-overwrite` in one command and `--overwrite` in another."""
+    two_forms = [
+        (" ".join(path), param.opts)
+        for path, command in all_commands()
+        for param in getattr(command, "params", [])
+        if getattr(param, "secondary_opts", None)
+    ]
+    assert not two_forms
+    overwrite = {p.opts[0] for _, c in all_commands() for p in c.params if p.name == "overwrite"}
+    assert overwrite == {"--overwrite"}

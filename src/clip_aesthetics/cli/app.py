@@ -165,6 +165,30 @@ def warn(label: str, message: str) -> None:
     err_console.print(Text.assemble((label, "yellow"), " ", text_name(message)), soft_wrap=True)
 
 
+def on_interrupt(kept: str | Callable[[dict], str]) -> Callable:
+    """Ctrl-C ends every command the same way: ``error: interrupted: <what was kept>``, exit 130.
+
+    ``kept`` says what stays on disk and how to continue; a format string over the command's arguments
+    (``"the finished shards stay in {output}"``) or a function of them.
+    """
+
+    def decorate(command: Callable) -> Callable:
+        @functools.wraps(command)
+        def wrapper(*args, **kwargs):
+            try:
+                return command(*args, **kwargs)
+            except KeyboardInterrupt:
+                what = kept(kwargs) if callable(kept) else kept.format(**kwargs)
+                raise fail(f"interrupted: {what}", EXIT_INTERRUPTED) from None
+
+        return wrapper
+
+    return decorate
+
+
+NOTHING_WRITTEN = "nothing was written (the outputs are written at the end)"
+
+
 def user_errors(command: Callable) -> Callable:
     """Turn the errors a user can fix into a one-line message and exit code 2."""
 

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from ..constants import DEFAULT_MANIFEST, DEFAULT_MAX_PIXELS
-from .app import app, console, err_console, user_errors, warn
+from .app import app, console, err_console, on_interrupt, user_errors, warn
 from .options import Dataset, DatasetRoot, MaxPixels
 
 datasets_app = typer.Typer(no_args_is_help=True, help="Dataset tools: check that every image can be read.")
@@ -18,6 +18,7 @@ SHOW_BROKEN = 10
 
 
 @datasets_app.command("verify")
+@on_interrupt("nothing was written (the manifest is written at the end)")
 @user_errors
 def verify(
     root: DatasetRoot,

@@ -10,7 +10,17 @@ import typer
 from ..constants import DEFAULT_MODEL
 from ..fileio import atomic_write_json
 from ..tables import format_metric, print_table
-from .app import EXIT_NOTHING_DONE, app, console, err_console, fail, user_errors, warn
+from .app import (
+    EXIT_NOTHING_DONE,
+    NOTHING_WRITTEN,
+    app,
+    console,
+    err_console,
+    fail,
+    on_interrupt,
+    user_errors,
+    warn,
+)
 from .options import (
     AnyDataset,
     BatchSize,
@@ -50,6 +60,7 @@ def parse_alpha(text: str | None) -> float | str | None:
 
 
 @app.command()
+@on_interrupt("the finished shards stay in {output}: run the same command again to continue")
 @user_errors
 def embed(
     root: DatasetRoot,
@@ -79,7 +90,7 @@ def embed(
     precision: CpuBf16Precision = "auto",
     decode: Decode = "auto",
     overwrite: Annotated[
-        bool, typer.Option(help="Rebuild a cache made with another model or dataset.")
+        bool, typer.Option("--overwrite", help="Rebuild a cache made with another model or dataset.")
     ] = False,
 ) -> None:
     """Embed every image of a dataset into a resumable feature cache (float16 shards + Parquet + manifest)."""
@@ -118,6 +129,7 @@ def embed(
 
 
 @app.command("fit-probe")
+@on_interrupt(NOTHING_WRITTEN)
 @user_errors
 def fit_probe_command(
     cache: Annotated[Path, typer.Argument(help="Feature cache folder made by `clip-aesthetics embed`.")],

@@ -11,7 +11,17 @@ import typer
 from ..constants import DEFAULT_MAX_PIXELS, TABLE_METRICS
 from ..fileio import atomic_write_text, check_outputs
 from ..tables import format_interval, format_metric, print_table
-from .app import EXIT_NOTHING_DONE, app, console, err_console, fail, user_errors, warn
+from .app import (
+    EXIT_NOTHING_DONE,
+    NOTHING_WRITTEN,
+    app,
+    console,
+    err_console,
+    fail,
+    on_interrupt,
+    user_errors,
+    warn,
+)
 from .options import (
     BatchSize,
     Dataset,
@@ -144,6 +154,7 @@ def _load_set(
 
 
 @app.command()
+@on_interrupt(NOTHING_WRITTEN)
 @user_errors
 def evaluate(
     root: DatasetRoot,
@@ -307,6 +318,7 @@ def _names(scorer_files: list[str], zeroshot: bool) -> list[tuple[str, str | Non
 
 
 @app.command()
+@on_interrupt(NOTHING_WRITTEN)
 @user_errors
 def compare(
     root: DatasetRoot,

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from ..tables import format_metric
-from .app import app, console, user_errors
+from .app import app, console, on_interrupt, user_errors
 
 FINETUNE_TEST_METRICS = (("srcc", "SRCC"), ("plcc", "PLCC"), ("accuracy", "acc"))
 
@@ -33,7 +33,13 @@ def _build_config(dataset: Path | None, resume: Path | None, output: Path | None
     return TrainConfig(dataset=str(dataset), **options), output, False
 
 
+def _run_folder_kept(arguments: dict) -> str:
+    run = arguments.get("resume") or arguments.get("output")
+    return f"{run} keeps its last checkpoint (said above): continue with --resume {run}"
+
+
 @app.command()
+@on_interrupt(_run_folder_kept)
 @user_errors
 def finetune(
     dataset: Path = typer.Argument(

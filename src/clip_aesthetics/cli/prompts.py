@@ -10,7 +10,7 @@ import typer
 
 from ..constants import DEFAULT_MODEL, PROMPT_METRICS, PROMPT_STRATEGIES, SPLITS
 from ..tables import format_metric, print_table
-from .app import app, console, user_errors
+from .app import NOTHING_WRITTEN, app, console, on_interrupt, user_errors
 from .options import (
     BatchSize,
     Dataset,
@@ -35,6 +35,7 @@ def default_cache(output: Path, model: str) -> Path:
 
 
 @prompts_app.command("search")
+@on_interrupt(NOTHING_WRITTEN)
 @user_errors
 def search(
     dataset_root: DatasetRoot,

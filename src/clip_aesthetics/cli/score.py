@@ -10,7 +10,17 @@ import typer
 
 from ..constants import DEFAULT_MAX_PIXELS, DEFAULT_MAX_THUMBNAILS
 from ..fileio import text_name
-from .app import EXIT_INTERRUPTED, EXIT_NOTHING_DONE, app, console, err_console, fail, user_errors, warn
+from .app import (
+    EXIT_INTERRUPTED,
+    EXIT_NOTHING_DONE,
+    app,
+    console,
+    err_console,
+    fail,
+    on_interrupt,
+    user_errors,
+    warn,
+)
 from .options import CpuBf16Precision, ZeroShotScore
 
 if TYPE_CHECKING:  # the library is imported inside the commands, so that --help is instant
@@ -75,21 +85,8 @@ def check_scorer_file_options(
         )
 
 
-def interruptible(command):
-    """Ctrl-C before scoring starts: one line, exit 130 (once it runs, ScoreRun says what it kept)."""
-
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
-        try:
-            return command(*args, **kwargs)
-        except KeyboardInterrupt:
-            raise fail("interrupted before any image was scored: nothing written", EXIT_INTERRUPTED) from None
-
-    return wrapper
-
-
 @app.command()
-@interruptible
+@on_interrupt("nothing was written (no image had been scored yet)")  # once scoring runs, ScoreRun says more
 @user_errors
 def score(
     paths: list[str] = typer.Argument(
