@@ -98,7 +98,8 @@ def plan_actors(options: EngineOptions, cluster: dict, node_cpus: list[float]) -
         )
     if actors * per_actor > cpus - 1:
         fit = max(0, math.floor((cpus - 1) / per_actor)) if per_actor else 0
-        fix = f"use --actors {fit}" if fit else "lower --cpus-per-actor"
+        smaller = math.floor((cpus - 1) / actors)
+        fix = f"use --actors {fit}" if fit else f"use --cpus-per-actor {smaller}" if smaller else "add CPUs"
         raise ValueError(
             f"--actors {actors} x --cpus-per-actor {per_actor:g} takes {actors * per_actor:g} of the "
             f"{cpus:g} CPUs of the Ray cluster and leaves none for reading shards: {fix} (or add nodes)"
