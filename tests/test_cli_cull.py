@@ -111,3 +111,50 @@ def test_cull_usage_errors(shoot: Path, tmp_path: Path, tiny_clip_spec: str) -> 
     empty.mkdir()
     assert cull(empty, tmp_path / "g.csv", tiny_clip_spec).exit_code == 1
     assert not list(shoot.glob("*.xmp"))
+
+
+def test_export_copies_the_picks_with_their_raw_files_and_sidecars(
+    shoot: Path, tmp_path: Path, tiny_clip_spec: str
+) -> None:
+    from clip_aesthetics.culling.xmp import Labels, write_labels
+    from raw_data import make_dng
+
+    make_dng(detailed(10).resize((300, 200)), shoot / "s0_1.dng")  # the RAW of the blurred s0_1.jpg
+    write_labels(shoot / "s0_1.dng", Labels(5, None))  # the photographer loves it anyway: theirs decides
+    write_labels(shoot / "s1_0.jpg", Labels(-1, 1))  # rejected by the photographer: never exported
+    picks = tmp_path / "picks"
+    out = tmp_path / "g.csv"
+    result = cull(shoot, out, tiny_clip_spec, "--similarity", "0.5", "--xmp", "--export", str(picks))
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(out.open()))
+    expected = {"s0_1.jpg", "s0_1.dng", "s0_1.dng.xmp"}  # the pick, its RAW file, the RAW's sidecar
+    for row in rows:  # best frames proposed at 4-5 stars, never rejected by the photographer
+        name = Path(row["path"]).name
+        if row["best"] == "True" and int(row["stars"]) >= 4 and name != "s1_0.jpg":
+            expected |= {name, f"{name}.xmp"}
+    assert {p.relative_to(picks).as_posix() for p in picks.rglob("*") if p.is_file()} == expected
+    assert (shoot / "s0_1.dng").is_file() and (picks / "s0_1.dng").read_bytes() == (
+        shoot / "s0_1.dng"
+    ).read_bytes()
+    again = cull(
+        shoot, out, tiny_clip_spec, "--similarity", "0.5", "--export", str(picks)
+    )  # never overwrites
+    assert again.exit_code == 0 and (picks / "s0_1.dng").is_file()
+    inside = cull(shoot, out, tiny_clip_spec, "--export", str(shoot / "picks"))
+    assert inside.exit_code == 2 and not (shoot / "picks").exists()
+
+
+def test_export_can_move_and_reports_what_it_cannot(tmp_path: Path) -> None:
+    from clip_aesthetics.culling.export import export_picks
+
+    root, picks = tmp_path / "shoot", tmp_path / "picks"
+    (root / "day").mkdir(parents=True)
+    for name in ("a.jpg", "b.jpg"):
+        (root / "day" / name).write_bytes(name.encode())
+    (picks / "day").mkdir(parents=True)
+    (picks / "day" / "b.jpg").write_bytes(b"already here")
+    rows = [{"path": str(root / "day" / n), "raw": "", "best": True, "stars": 5} for n in ("a.jpg", "b.jpg")]
+    report = export_picks(rows, root, picks, move=True)
+    assert (report.picks, report.files) == (2, 1) and "b.jpg: already exists" in report.errors[0]
+    assert (picks / "day" / "a.jpg").read_bytes() == b"a.jpg" and not (root / "day" / "a.jpg").exists()
+    assert (picks / "day" / "b.jpg").read_bytes() == b"already here" and (root / "day" / "b.jpg").exists()

@@ -57,6 +57,13 @@ def cull(
         help="With --xmp: replace the photographer's own ratings and pick labels too (kept by default; "
         "ratings this tool wrote are always updated).",
     ),
+    export: Path = typer.Option(
+        None,
+        "--export",
+        help="Copy the picks (picked, or at least --export-stars) with their RAW files and sidecars here.",
+    ),
+    export_stars: int = typer.Option(4, min=1, max=5, help="With --export: the fewest stars of a pick."),
+    move: bool = typer.Option(False, "--move", help="With --export: move the picks instead of copying."),
     similarity: float = typer.Option(
         0.92, min=-1, max=1, help="Cosine similarity from which frames are alike."
     ),
@@ -80,6 +87,12 @@ def cull(
 
     if (reject_duplicates or overwrite_ratings) and not xmp:
         raise fail("--reject-duplicates and --overwrite-ratings change sidecars: add --xmp")
+    if move and export is None:
+        raise fail("--move moves the exported picks: add --export FOLDER")
+    if export is not None and (
+        export.resolve() == folder.resolve() or folder.resolve() in export.resolve().parents
+    ):
+        raise fail(f"--export {export} is inside the shoot: the next cull would count the copies as photos")
     check_outputs(check_output_format(output), errors_path_for(output).with_suffix(".csv"))  # before work
     scorer = _scorer(scorer_file, model, pretrained, positive, negative, prompts, device)
     shoot = analyse_folder(
@@ -109,6 +122,15 @@ def cull(
         )
         line += f", photographer's ratings replaced {report.replaced}" if report.replaced else ""
         line += f", failed {len(report.errors)}" if report.errors else ""
+    if export is not None:
+        from ..culling.export import export_picks
+
+        exported = export_picks(rows, folder, export, move=move, min_stars=export_stars)
+        for error in exported.errors:
+            warn("not exported", error)
+        line += (
+            f"; {'moved' if move else 'copied'} {exported.picks} picks ({exported.files} files) to {export}"
+        )
     console.print(line, highlight=False, soft_wrap=True)
 
 
