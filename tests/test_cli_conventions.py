@@ -7,6 +7,7 @@ import json
 from importlib.metadata import version
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 import typer
 from typer.testing import CliRunner
@@ -161,3 +162,22 @@ def test_every_flag_has_one_form() -> None:
     assert not two_forms
     overwrite = {p.opts[0] for _, c in all_commands() for p in c.params if p.name == "overwrite"}
     assert overwrite == {"--overwrite"}
+
+
+IMAGE_COMMANDS = [("score",), ("evaluate",), ("compare",), ("embed",), ("prompts", "search")]
+
+
+def test_one_batch_size_default_per_device(photo_dir: Path, tmp_path: Path, tiny_clip_spec: str) -> None:
+    from clip_aesthetics.cli.options import BATCH_SIZE_CPU, BATCH_SIZE_CUDA, batch_size_for
+
+    commands = dict(all_commands())
+    for path in IMAGE_COMMANDS:
+        (option,) = [p for p in commands[path].params if p.name == "batch_size"]
+        assert option.default is None, path  # resolved by device, not per command
+    assert batch_size_for("cpu", None) == BATCH_SIZE_CPU and batch_size_for("cpu", 7) == 7
+    assert BATCH_SIZE_CUDA > BATCH_SIZE_CPU
+    out = tmp_path / "ranked.csv"
+    args = ["score", photo_dir, "--model", tiny_clip_spec, "--workers", "0", "-o", out, "--embeddings"]
+    assert run(*args, "--device", "cpu").exit_code == 0
+    metadata = pq.read_schema(tmp_path / "ranked.embeddings.parquet").metadata[b"clip_aesthetics"]
+    assert json.loads(metadata)["batch_size"] == BATCH_SIZE_CPU

@@ -32,6 +32,7 @@ from .options import (
     Pretrained,
     SplitSeed,
     Workers,
+    batch_size_for,
 )
 
 SHOW_FAILED = 10
@@ -80,7 +81,7 @@ def embed(
     split_seed: SplitSeed = None,
     model: Model = DEFAULT_MODEL,
     pretrained: Pretrained = None,
-    batch_size: BatchSize = 64,
+    batch_size: BatchSize = None,
     shard_size: Annotated[
         int | None,
         typer.Option(min=1, help="Records per shard file, a multiple of --batch-size (default: about 4096)."),
@@ -104,7 +105,7 @@ def embed(
         spec,
         backbone,
         output,
-        batch_size=batch_size,
+        batch_size=batch_size_for(device, batch_size),
         shard_size=shard_size,
         workers=workers,
         precision=resolve_precision(backbone.device, precision, cpu_bf16=True),

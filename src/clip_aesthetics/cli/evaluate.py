@@ -36,6 +36,7 @@ from .options import (
     SplitSeed,
     Workers,
     ZeroShotScore,
+    batch_size_for,
 )
 from .score import check_scorer_file_options, check_zeroshot_score, prompt_groups
 
@@ -183,7 +184,7 @@ def evaluate(
     threshold: Threshold = 5.0,
     pred_threshold: PredThreshold = None,
     bootstrap: Bootstrap = 0,
-    batch_size: BatchSize = 64,
+    batch_size: BatchSize = None,
     workers: Workers = None,
     device: Device = "auto",
     precision: Precision = "auto",
@@ -208,6 +209,7 @@ def evaluate(
         root, dataset, split, _split_kind(split_kind, split_file), split_seed, manifest
     )
     scorer = _build(scorer_file, model, pretrained, groups, device, _formula(zeroshot_score))
+    batch_size = batch_size_for(device, batch_size)
     caches = open_caches(features or [])
     _check_caches(caches, scorer)
     precision = _precision_used(device, precision)
@@ -344,7 +346,7 @@ def compare(
     zeroshot_score: ZeroShotScore = None,
     threshold: Threshold = 5.0,
     bootstrap: Bootstrap = 0,
-    batch_size: BatchSize = 64,
+    batch_size: BatchSize = None,
     workers: Workers = None,
     device: Device = "auto",
     precision: Precision = "auto",
@@ -375,6 +377,7 @@ def compare(
     evaluation_set = _load_set(
         root, dataset, split, _split_kind(split_kind, split_file), split_seed, manifest
     )
+    batch_size = batch_size_for(device, batch_size)
     options = {"threshold": threshold, "bootstrap": bootstrap, "batch_size": batch_size, "workers": workers}
     precision = _precision_used(device, precision)
     options.update(precision=precision, max_pixels=max_pixels, decode=decode, caches=caches)

@@ -45,7 +45,32 @@ Model = Annotated[
 Pretrained = Annotated[
     str | None, typer.Option("--pretrained", help="Weights: a tag (default openai), a file, or 'none'.")
 ]
-BatchSize = Annotated[int, typer.Option("--batch-size", min=1, help="Images per model call.")]
+# One default per device, the same in every command that runs a model on images (see batch_size_for).
+BATCH_SIZE_CPU, BATCH_SIZE_CUDA = 64, 256
+BatchSize = Annotated[
+    int | None,
+    typer.Option(
+        "--batch-size",
+        min=1,
+        help=f"Images per model call (default: {BATCH_SIZE_CPU} on CPU, {BATCH_SIZE_CUDA} on CUDA).",
+    ),
+]
+
+
+def batch_size_for(device: str, batch_size: int | None) -> int:
+    """``batch_size``, or the default for ``device``.
+
+    A CPU gains nothing from more than a few dozen images per call (the cores are busy from the first
+    matrix product) and every image more is memory; a GPU needs hundreds to keep busy, and a batch that
+    does not fit its memory is split automatically, so the larger default costs nothing there.
+    """
+    if batch_size is not None:
+        return batch_size
+    from ..backbones import resolve_device  # torch: only once a command runs
+
+    return BATCH_SIZE_CUDA if resolve_device(device).type == "cuda" else BATCH_SIZE_CPU
+
+
 Workers = Annotated[
     int | None, typer.Option("--workers", min=0, help="Decoding processes (default: depends on the device).")
 ]

@@ -23,6 +23,7 @@ from .options import (
     SplitSeed,
     Workers,
     ZeroShotScore,
+    batch_size_for,
 )
 
 prompts_app = typer.Typer(no_args_is_help=True, help="Prompt engineering for zero-shot scoring.")
@@ -61,7 +62,7 @@ def search(
     markdown: Path = typer.Option(None, help="Also write the ranked table as Markdown."),
     save_best: Path = typer.Option(None, help="Save the best pair as a scorer file (.json)."),
     cache: Path = typer.Option(None, help="Feature cache folder (default: beside --output)."),
-    batch_size: BatchSize = 64,
+    batch_size: BatchSize = None,
     workers: Workers = None,
     device: Device = "auto",
     precision: Precision = "auto",
@@ -102,6 +103,7 @@ def search(
         raise ValueError(f"prompt search needs a CLIP model, not {model}")
     cache = cache or default_cache(output, model)
     spec = DatasetSpec(dataset, str(dataset_root), split=split_kind, seed=split_seed)
+    batch_size = batch_size_for(device, batch_size)
     embed_dataset(spec, backbone, cache, batch_size=batch_size, workers=workers, precision=precision)
     features = load_features(cache).select(split)
     if len(features) < 2:

@@ -21,7 +21,7 @@ from .app import (
     user_errors,
     warn,
 )
-from .options import CpuBf16Precision, ZeroShotScore
+from .options import BatchSize, CpuBf16Precision, ZeroShotScore, batch_size_for
 
 if TYPE_CHECKING:  # the library is imported inside the commands, so that --help is instant
     from ..prompts import PromptGroups
@@ -128,7 +128,7 @@ def score(
     overwrite: bool = typer.Option(
         False, "--overwrite", help="Start over, discarding the parts of an unfinished run (shards: rescore)."
     ),
-    batch_size: int = typer.Option(64, min=1, help="Images per model call."),
+    batch_size: BatchSize = None,
     part_size: int = typer.Option(
         None, min=1, help="Results per part file, a multiple of --batch-size (default: about 1024)."
     ),
@@ -181,6 +181,7 @@ def score(
 
     groups = prompt_groups(positive, negative, prompts, contents)
     check_scorer_file_options(scorer_file, model, pretrained, groups)
+    batch_size = batch_size_for(device, batch_size)
     check_zeroshot_score(scorer_file, zeroshot_score)
     if wants_shard_mode(paths or [], output):
         from ..shards.options import EngineOptions, ScorerRecipe
