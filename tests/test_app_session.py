@@ -172,3 +172,16 @@ def test_the_model_loads_in_the_background(photo_dir: Path, scorer) -> None:
     thread.join(60)
     assert session.status["state"] == "ready" and session.scorer is scorer
     assert len(session.photos()["groups"]) >= 1
+
+
+def test_export_goes_only_to_the_folder_given_at_launch(photo_dir: Path, scorer, tmp_path: Path) -> None:
+    session, _ = analysed(photo_dir, scorer)
+    with pytest.raises(ValueError, match="--export-to"):
+        session.export()
+    session.label("img1.jpg", "pick")
+    session.export_to = tmp_path / "picks"
+    done = session.export()
+    exported = {
+        p.relative_to(tmp_path / "picks").as_posix() for p in (tmp_path / "picks").rglob("*") if p.is_file()
+    }
+    assert {"img1.jpg", "img1.jpg.xmp"} <= exported and done["picks"] >= 1

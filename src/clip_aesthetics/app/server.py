@@ -113,7 +113,8 @@ def create_app(session: ReviewSession, host: str = "127.0.0.1") -> FastAPI:
 
     @api.get("/api/status")
     def status() -> dict:
-        return {**session.status, "folder": str(session.root)}
+        export_to = None if session.export_to is None else str(session.export_to)
+        return {**session.status, "folder": str(session.root), "export_to": export_to}
 
     @api.get("/api/photos")
     def photos() -> dict:
@@ -145,6 +146,10 @@ def create_app(session: ReviewSession, host: str = "127.0.0.1") -> FastAPI:
     @api.post("/api/redo")
     def redo() -> dict:
         return _labelled(session.redo)
+
+    @api.post("/api/export")
+    def export() -> dict:
+        return _labelled(session.export)
 
     @api.post("/api/taste")
     def taste() -> dict:

@@ -45,8 +45,10 @@ class ReviewSession:
         batch_size: int = 32,
         workers: int | None = None,
         precision: str = "auto",
+        export_to: str | Path | None = None,
     ) -> None:
         self.root = Path(folder)
+        self.export_to = None if export_to is None else Path(export_to)  # fixed at launch, never by a request
         self._build = scorer if callable(scorer) and not hasattr(scorer, "score_features") else None
         self.generic = self.scorer = None if self._build else scorer
         self.options = {"batch_size": batch_size, "workers": workers, "precision": precision}
@@ -218,6 +220,22 @@ class ReviewSession:
         self.labels[rel] = labels
         self.label_errors.pop(rel, None)
         return {"path": rel, **labels.to_dict()}
+
+    def export(self) -> dict:
+        """Copy the picks (see :mod:`~clip_aesthetics.culling.export`) to the folder given at launch."""
+        from ..culling.export import export_picks
+
+        if self.export_to is None:
+            raise ValueError("exporting needs a destination: start the app with --export-to FOLDER")
+        with self.lock:
+            self._ready()
+            report = export_picks(self.rows, self.root, self.export_to)
+            return {
+                "picks": report.picks,
+                "files": report.files,
+                "errors": report.errors[:20],
+                "to": str(self.export_to),
+            }
 
     # --- taste ---------------------------------------------------------------------------------------
     def learn_taste(self) -> dict:

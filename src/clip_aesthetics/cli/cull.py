@@ -36,6 +36,14 @@ def _scorer(scorer_file, model, pretrained, positive, negative, prompts, device)
     return scorer
 
 
+def _check_export(export: Path | None, folder: Path, flag: str) -> None:
+    """Picks are exported out of the shoot: inside it, the next cull would count the copies as photos."""
+    if export is not None and (
+        export.resolve() == folder.resolve() or folder.resolve() in export.resolve().parents
+    ):
+        raise fail(f"{flag} {export} is inside the shoot: the next cull would count the copies as photos")
+
+
 def _scores(scorer, features):
     import torch
 
@@ -89,10 +97,7 @@ def cull(
         raise fail("--reject-duplicates and --overwrite-ratings change sidecars: add --xmp")
     if move and export is None:
         raise fail("--move moves the exported picks: add --export FOLDER")
-    if export is not None and (
-        export.resolve() == folder.resolve() or folder.resolve() in export.resolve().parents
-    ):
-        raise fail(f"--export {export} is inside the shoot: the next cull would count the copies as photos")
+    _check_export(export, folder, "--export")
     check_outputs(check_output_format(output), errors_path_for(output).with_suffix(".csv"))  # before work
     scorer = _scorer(scorer_file, model, pretrained, positive, negative, prompts, device)
     shoot = analyse_folder(
@@ -204,6 +209,9 @@ def review_app(
         help="Address to bind: the default is this machine only; an address of this machine (or 0.0.0.0 "
         "for all of them) lets other devices on your network review too.",
     ),
+    export_to: Path = typer.Option(
+        None, "--export-to", help="Where the page's 'Export picks' copies the picks, RAW files and sidecars."
+    ),
     scorer_file: str = typer.Option(None, "--scorer", help="A scorer file (probe, taste, laion:PATH)."),
     model: str = typer.Option(None, "--model", "-m", help=MODEL_HELP),
     pretrained: Pretrained = None,
@@ -224,6 +232,7 @@ def review_app(
 
     if not folder.is_dir():
         raise fail(f"not a folder: {folder}")
+    _check_export(export_to, folder, "--export-to")
     try:  # a busy port is a one-line error here, not a server log
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         with socket.create_server((host, port), family=family):
@@ -235,7 +244,9 @@ def review_app(
     def scorer():  # in the background: the page is served while the model loads and encodes its prompts
         return _scorer(scorer_file, model, pretrained, positive, negative, prompts, device)
 
-    session = ReviewSession(folder, scorer, batch_size=batch_size, workers=workers, precision=precision)
+    session = ReviewSession(
+        folder, scorer, batch_size=batch_size, workers=workers, precision=precision, export_to=export_to
+    )
     if host not in ("127.0.0.1", "localhost", "::1"):
         warn("warning:", f"anyone who can reach {host}:{port} can see and rate these photos")
     url = page_url(host, port)

@@ -28,6 +28,8 @@ async function boot() {
   for (;;) {
     const status = await api("/api/status");
     $("folder").textContent = status.folder;
+    $("export").hidden = !status.export_to;
+    $("export").title = status.export_to ? `Copy the picks, their RAW files and sidecars to ${status.export_to}` : "";
     if (status.state === "ready") break;
     if (status.state === "failed") { say(`Analysis failed: ${status.error}`); $("progress").hidden = true; return; }
     $("progress").hidden = false;
@@ -373,6 +375,17 @@ function drawHeat(map) {
   $("why-legend").hidden = false;
 }
 
+async function exportPicks() {
+  say("Exporting the picks…");
+  try {
+    const done = await api("/api/export", {});
+    const problems = done.errors.length ? `; ${done.errors.length} not exported: ${done.errors[0]}` : "";
+    say(`Copied ${done.picks} picks (${done.files} files) to ${done.to}${problems}`);
+  } catch (error) {
+    say(`Not exported: ${error.message}`);
+  }
+}
+
 function toggleHelp() { $("help").hidden = !$("help").hidden; }
 
 // --- wiring -------------------------------------------------------------------------------------------
@@ -408,6 +421,7 @@ for (const id of ["filter-flag", "filter-stars", "filter-min", "filter-max"]) {
   $(id).addEventListener("change", (event) => { if (event.target.tagName === "SELECT") event.target.blur(); });
 }
 $("learn").addEventListener("click", learnTaste);
+$("export").addEventListener("click", exportPicks);
 $("why").addEventListener("click", why);
 $("close").addEventListener("click", closeViewer);
 $("help-close").addEventListener("click", toggleHelp);
