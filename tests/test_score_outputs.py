@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from typer.testing import CliRunner
 
 from clip_aesthetics import score_run, scoring
+from clip_aesthetics.cli import app
 from clip_aesthetics.fileio import OutputLock, file_fingerprint, unchanged_since
 from clip_aesthetics.images import find_images
 from clip_aesthetics.score_run import parts_folder_for
@@ -201,3 +203,30 @@ def test_missing_output_folders_are_not_created(
     one_level = tmp_path / "results" / "ranked.csv"  # its own folder is made, as mkdir would
     assert run(*score_args(old_photos, tiny_clip_spec, one_level)).exit_code == 0
     assert len(read_csv(one_level)) == 14
+
+
+def test_files_from_a_list_or_stdin(old_photos: Path, tmp_path: Path, tiny_clip_spec: str) -> None:
+    files = [p for p in find_images([old_photos]) if p.name != "empty.jpg"]
+    expected = tmp_path / "expected.csv"
+    command, _, *options = score_args(old_photos, tiny_clip_spec, expected)
+    assert run(command, *files, *options).exit_code == 0  # the same files given as arguments
+    listing = tmp_path / "list.txt"
+    listing.write_text("".join(f"{f}\n" for f in [*files, files[0]]))  # a duplicate is scored once
+    out = tmp_path / "listed.csv"
+    args = score_args(old_photos, tiny_clip_spec, out)
+    args = [args[0], "--files-from", str(listing), *args[2:]]
+    assert run(*args).exit_code == 0
+    assert read_csv(out) == read_csv(expected)
+
+    # NUL-separated on stdin (find -print0), a name with a line break, and a missing file as an error row
+    odd = old_photos / "two\nlines.jpg"
+    odd.write_bytes(files[0].read_bytes())
+    names = [str(odd), str(files[1]), str(old_photos / "gone.jpg")]
+    stdin_out = tmp_path / "stdin.csv"
+    args = score_args(old_photos, tiny_clip_spec, stdin_out)
+    result = CliRunner().invoke(
+        app, [args[0], "--files-from", "-", *map(str, args[2:])], input="\0".join(names)
+    )
+    assert result.exit_code == 0, result.output
+    assert sorted(r["path"] for r in read_csv(stdin_out)) == sorted(names[:2])
+    assert [r["path"] for r in read_csv(tmp_path / "stdin.errors.csv")] == [names[2]]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -93,6 +94,13 @@ def score(
         None,
         help="Image files or folders (walked recursively); or shards: .tar / .parquet files, brace patterns "
         "(shards/{00000..00099}.tar), fsspec URLs (s3://, gs://, https://, hf://).",
+    ),
+    files_from: str = typer.Option(
+        None,
+        "--files-from",
+        metavar="FILE|-",
+        help="Also score the files listed in FILE, one per line, in that order (NUL-separated when it holds "
+        "NUL bytes, as find -print0 writes); - reads the list from stdin. For lists of millions.",
     ),
     model: str = typer.Option(
         None, "--model", "-m", help="Backbone: ViT-B-32, hf-hub:org/repo, local-dir:PATH."
@@ -203,10 +211,11 @@ def score(
     part_rows = part_size or default_part_rows(batch_size)
     if part_rows % batch_size:
         raise ValueError(f"--part-size ({part_rows}) must be a multiple of --batch-size ({batch_size})")
-    stored, files = _inputs(paths, from_embeddings, embeddings)
+    stored, files = _inputs(paths, from_embeddings, embeddings, files_from)
     names = stored.names if stored else [str(f) for f in files]
     if not names:
-        where = text_name(from_embeddings) if stored else ", ".join(map(text_name, paths))
+        given = [*(paths or []), *([f"--files-from {files_from}"] if files_from else [])]
+        where = text_name(from_embeddings) if stored else ", ".join(map(text_name, given))
         raise fail(f"no image files found under {where}", EXIT_NOTHING_DONE)
     if stored and not (scorer_file or model):  # zero-shot on stored embeddings: the model that made them
         model, pretrained = stored.backbone_spec()
@@ -288,20 +297,48 @@ def _embedding_batches(scorer, stored: StoredEmbeddings, batch_size: int):
     return options, functools.partial(stored.batches, scorer, batch_size=batch_size)
 
 
-def _inputs(paths: list[Path] | None, from_embeddings: Path | None, embeddings: bool):
+def _inputs(
+    paths: list[Path] | None, from_embeddings: Path | None, embeddings: bool, files_from: str | None = None
+):
     """(stored embeddings, None) or (None, image files) from the arguments."""
     from ..images import find_images
     from ..stored_embeddings import StoredEmbeddings
 
     if from_embeddings is not None:
-        if paths:
+        if paths or files_from:
             raise ValueError("give either image paths or --from-embeddings FILE, not both")
         if embeddings:
             raise ValueError("--embeddings with --from-embeddings: the embeddings are already stored")
         return StoredEmbeddings.open(from_embeddings), None
-    if not paths:
-        raise ValueError("give image files or folders to score (or --from-embeddings FILE)")
-    return None, find_images(paths)
+    if not paths and not files_from:
+        raise ValueError(
+            "give image files or folders to score (or --files-from FILE, or --from-embeddings FILE)"
+        )
+    files = find_images(paths) if paths else []
+    if files_from:
+        seen = {str(f) for f in files}
+        for name in read_file_list(files_from):  # each once; a missing one becomes an error row
+            if name not in seen:
+                seen.add(name)
+                files.append(Path(name))
+    return None, files
+
+
+def read_file_list(source: str) -> list[str]:
+    """The names in a list file (``-``: stdin): one per line, or NUL-separated when the data holds a NUL.
+
+    Names are bytes on Linux: they are decoded as file names are (undecodable bytes kept), so any name a
+    file system holds can be listed; NUL separation also allows names with line breaks.
+    """
+    import sys
+
+    if source == "-":
+        data = sys.stdin.buffer.read()
+    else:
+        with open(source, "rb") as handle:
+            data = handle.read()
+    entries = data.split(b"\0") if b"\0" in data else [line.rstrip(b"\r") for line in data.split(b"\n")]
+    return [os.fsdecode(entry) for entry in entries if entry]
 
 
 def _nothing_scored(result) -> str:
