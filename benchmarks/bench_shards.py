@@ -1,15 +1,17 @@
-"""Shard scoring throughput: the local and Ray engines against the same pipeline on files, in one run.
+"""Shard scoring throughput: the local and Ray engines against `score` on the same images as files.
 
-Writes ``--shards`` WebDataset tars of photo-like JPEGs (plus the same JPEGs as files), then measures:
-    ``model``: the scorer on already-decoded uint8 batches (the ceiling: no decoding, no I/O);
-    ``files``: ``score_paths`` over the JPEG files (the single-file `score` pipeline, the baseline);
+Writes WebDataset tars of photo-like JPEGs (plus the same JPEGs as files) and times every pipeline on ``N``
+and then ``2N`` images. The difference gives each pipeline's cost per image once running (``(T(2N) - T(N)) /
+N``), the rest its start-up (``T(N) - N x per image``: worker processes, Ray actors building their model):
+    ``files``: ``score_paths`` over the JPEG files (the pipeline of `score FOLDER`: the baseline);
     ``local``: ``score_shards(engine="local")`` over the tars, writing per-shard Parquet and the manifest;
-    ``ray``: ``score_shards(engine="ray")`` on a local Ray (startup timed separately), same outputs.
-Overhead of an engine = 1 - (its images/s) / (files images/s). Scores of both engines are compared.
+    ``ray``:   ``score_shards(engine="ray")`` on a local single-node Ray (``ray.init`` timed on its own).
+Precision, batch size and workers default to the CLI's (auto, 64, one per 4 cores); actors and CPUs per
+actor as the Ray engine plans them from the cluster. Scores of the engines are compared at the end.
 
-    python benchmarks/bench_shards.py --shards 8 --per-shard 48 --size 500x375
-    python benchmarks/bench_shards.py --device cuda --model ViT-L-14 --shards 32 --per-shard 512 \\
-        --batch-size 256 --workers 14 --actors 1 --gpus-per-actor 1 --cpus-per-actor 2   # on a GPU
+    python benchmarks/bench_shards.py                                    # ViT-B/32 (random weights), CPU
+    python benchmarks/bench_shards.py --device cuda --model ViT-L-14 --shards 32 --per-shard 256 \\
+        --batch-size 256 --workers 14 --gpus-per-actor 1                    # on a GPU
 """
 
 from __future__ import annotations
@@ -26,9 +28,10 @@ import pyarrow.parquet as pq
 import torch
 
 from bench_score import GROUPS, make_jpegs
-from clip_aesthetics import ZeroShotScorer, load_backbone, score_paths
+from clip_aesthetics import score_paths
 from clip_aesthetics.images import iter_batches
-from clip_aesthetics.shards import EngineOptions, score_shards
+from clip_aesthetics.scorers.base import resolve_precision
+from clip_aesthetics.shards import EngineOptions, ScorerRecipe, score_shards
 
 
 def write_shards(folder: Path, files: list[Path], shards: int) -> list[str]:
@@ -47,82 +50,133 @@ def write_shards(folder: Path, files: list[Path], shards: int) -> list[str]:
     return paths
 
 
-def model_only(scorer, files: list[Path], args) -> float:
+def model_only(scorer, files: list[Path], args, precision: str) -> float:
     cfg = scorer.backbone.preprocess_cfg
     batches = [
         b.images for b in iter_batches(files, cfg, batch_size=args.batch_size, workers=0, progress=False)
     ]
-    scorer.score_images(batches[0], args.precision)  # warm-up
+    scorer.score_images(batches[0], precision)  # warm-up
     start = time.perf_counter()
     for images in batches:
-        scorer.score_images(images, args.precision)
+        scorer.score_images(images, precision)
     if scorer.device.type == "cuda":
         torch.cuda.synchronize()
     return len(files) / (time.perf_counter() - start)
 
 
-def engine_rate(scorer, tars: list[str], out: Path, options: EngineOptions) -> tuple[float, dict]:
+def save_random_model(folder: Path, name: str) -> str:
+    """The architecture ``name`` with random weights, saved as a ``local-dir:`` model (the layout of a
+    Hugging Face open_clip repo), so that every process (each Ray actor too) loads the same weights."""
+    import json
+
+    import open_clip
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    model = open_clip.create_model(name)
+    folder.mkdir(parents=True)
+    mean, std = list(open_clip.OPENAI_DATASET_MEAN), list(open_clip.OPENAI_DATASET_STD)
+    config = {"model_cfg": open_clip.get_model_config(name), "preprocess_cfg": {"mean": mean, "std": std}}
+    (folder / "open_clip_config.json").write_text(json.dumps(config))
+    save_file(
+        {k: v.contiguous() for k, v in model.state_dict().items()}, folder / "open_clip_model.safetensors"
+    )
+    return f"local-dir:{folder}"
+
+
+def timed(run) -> float:
     start = time.perf_counter()
-    report = score_shards(tars, str(out), scorer, options, progress=False)
-    rate = report.manifest["samples"] / (time.perf_counter() - start)
+    run()
+    return time.perf_counter() - start
+
+
+def per_image_and_startup(name: str, run, n: int) -> tuple[float, float]:
+    """Seconds per image once running and seconds of start-up, from runs over n and 2n images."""
+    small, large = timed(lambda: run(1)), timed(lambda: run(2))
+    per_image = (large - small) / n
+    startup = small - n * per_image
+    print(f"{name:28s} {small:7.1f} s / {large:7.1f} s   {1000 * per_image:7.1f} ms/image   "
+          f"start-up {startup:5.1f} s")  # fmt: skip
+    return per_image, startup
+
+
+def read_scores(folder: Path) -> dict[str, float]:
     scores = {}
-    for path in out.glob("*.parquet"):
-        scores.update(zip(*pq.read_table(path, columns=["key", "score"]).to_pydict().values(), strict=True))
-    return rate, scores
+    for path in folder.glob("*.parquet"):
+        table = pq.read_table(path, columns=["key", "score"]).to_pydict()
+        scores.update(zip(table["key"], table["score"], strict=True))
+    return scores
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--shards", type=int, default=8)
-    parser.add_argument("--per-shard", type=int, default=48)
+    parser.add_argument("--shards", type=int, default=4, help="shards of the N-image set (2N: twice as many)")
+    parser.add_argument("--per-shard", type=int, default=32)
     parser.add_argument("--size", default="500x375")
     parser.add_argument("--model", default="ViT-B-32")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--precision", default="fp32")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--actors", type=int, default=1)
+    parser.add_argument("--precision", default="auto", help="as the CLI: auto (bf16 where native), fp32, ...")
+    parser.add_argument("--batch-size", type=int, default=64, help="as the CLI's --batch-size")
+    parser.add_argument("--workers", type=int, default=None, help="as the CLI (default: one per 4 cores)")
+    parser.add_argument("--actors", type=int, default=None)
     parser.add_argument("--gpus-per-actor", type=float, default=0.0)
-    parser.add_argument("--cpus-per-actor", type=float, default=1.0)
+    parser.add_argument("--cpus-per-actor", type=float, default=None)
     parser.add_argument("--ray-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
-    parser.add_argument("--engines", default="local,ray")
+    parser.add_argument("--engines", default="files,local,ray")
     args = parser.parse_args()
     width, height = map(int, args.size.split("x"))
+    engines = args.engines.split(",")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
+        n = args.shards * args.per_shard
         (tmp / "files").mkdir()
-        files = make_jpegs(tmp / "files", args.shards * args.per_shard, width, height)
-        tars = write_shards(tmp, files, args.shards)
-        scorer = ZeroShotScorer(load_backbone(args.model, "none", device=args.device), GROUPS).eval()
-        n = len(files)
-        print(f"{args.model} on {args.device}, {args.precision}, {n} JPEGs {args.size}, {args.shards} shards")
-        ceiling = model_only(scorer, files, args)
-        print(f"model alone (decoded uint8 batches):   {ceiling:8.1f} images/s")
-        start = time.perf_counter()
-        score_paths(scorer, files, batch_size=args.batch_size, workers=args.workers, precision=args.precision,
-                    progress=False, decode="cpu")  # fmt: skip
-        files_rate = n / (time.perf_counter() - start)
-        print(f"score_paths on files (baseline):       {files_rate:8.1f} images/s")
+        files = make_jpegs(tmp / "files", 2 * n, width, height)
+        tars = write_shards(tmp, files, 2 * args.shards)
+        recipe = ScorerRecipe("zeroshot", save_random_model(tmp / "model", args.model), prompts=GROUPS)
+        scorer = recipe.build(args.device)  # as the CLI: every run below builds its own from the recipe
+        precision = resolve_precision(scorer.device, args.precision, cpu_bf16=True)
+        print(f"{args.model} on {args.device}, {precision}, batch {args.batch_size}, JPEGs {args.size}; "
+              f"N = {n} images in {args.shards} shards, then 2N")  # fmt: skip
+        ceiling = model_only(scorer, files[:n], args, precision)
+        print(f"model alone (decoded uint8 batches): {1000 / ceiling:.1f} ms/image")
         options = dict(batch_size=args.batch_size, workers=args.workers, precision=args.precision,
                        device=args.device, actors=args.actors, gpus_per_actor=args.gpus_per_actor,
                        cpus_per_actor=args.cpus_per_actor)  # fmt: skip
-        results = {}
-        for engine in args.engines.split(","):
-            if engine == "ray":
-                import ray
+        results, outputs = {}, {}
 
-                start = time.perf_counter()
-                ray.init(num_cpus=args.ray_cpus, include_dashboard=False, configure_logging=False)
-                print(f"ray.init (local, once per job):        {time.perf_counter() - start:8.1f} s")
-            rate, scores = engine_rate(scorer, tars, tmp / engine, EngineOptions(engine=engine, **options))
-            results[engine] = scores
-            print(f"engine {engine:5s} (tars -> Parquet):       {rate:8.1f} images/s, "
-                  f"{rate / files_rate:.2f}x files, overhead {1 - rate / files_rate:+.0%}, "
-                  f"{rate / ceiling:.0%} of the model alone")  # fmt: skip
-        if len(results) == 2:
-            a, b = results.values()
+        def run_files(scale: int) -> None:
+            score_paths(recipe.build(args.device), files[: scale * n], batch_size=args.batch_size,
+                        workers=args.workers, precision=precision, progress=False, decode="cpu")  # fmt: skip
+
+        def run_engine(engine: str):
+            def run(scale: int) -> None:
+                out = tmp / f"{engine}-{scale}-{time.perf_counter_ns()}"
+                score_shards(tars[: scale * args.shards], str(out), recipe,
+                             EngineOptions(engine=engine, **options), progress=False)  # fmt: skip
+                outputs[engine] = out
+
+            return run
+
+        if "files" in engines:
+            results["files"] = per_image_and_startup("score FOLDER (files)", run_files, n)
+        if "local" in engines:
+            results["local"] = per_image_and_startup("engine local (tars)", run_engine("local"), n)
+        if "ray" in engines:
+            from clip_aesthetics.shards.engine_ray import start_local_ray
+
+            started = timed(lambda: start_local_ray(num_cpus=args.ray_cpus))
+            print(f"{'ray.init (local, 127.0.0.1)':28s} {started:7.1f} s")
+            warm = timed(lambda: run_engine("ray")(1))  # Ray starts its worker processes on the first job
+            print(f"{'first Ray job (workers start)':28s} {warm:7.1f} s")
+            results["ray"] = per_image_and_startup("engine ray (tars)", run_engine("ray"), n)
+        for name, base in (("local", "files"), ("ray", "local")):
+            if name in results and base in results:
+                (a, sa), (b, sb) = results[name], results[base]
+                print(f"{name} vs {base}: {a / b - 1:+.0%} per image, start-up {sa - sb:+.1f} s")
+        if "local" in outputs and "ray" in outputs:
+            a, b = read_scores(outputs["local"]), read_scores(outputs["ray"])
             diff = max(abs(a[k] - b[k]) for k in a)
             print(f"engines agree on {len(a)} samples: max |score diff| {diff:.2e}")
 
