@@ -52,6 +52,12 @@ def _zeroshot_context(backbone):
     return ZeroShotScorer(backbone, groups, strategy="context", context_prompts=context)
 
 
+def _zeroshot_content(backbone):
+    positive = tuple(f"a stunning picture of a {c}" for c in CONTENTS)
+    negative = tuple(f"a dull picture of a {c}" for c in CONTENTS)
+    return ZeroShotScorer(backbone, PromptGroups(positive, negative), strategy="content", formula="authors")
+
+
 def _probe(target: str, calibration: Calibration | None = None):
     def build(backbone):
         g = torch.Generator().manual_seed(3)
@@ -96,6 +102,8 @@ FACTORIES: dict[str, tuple[str, Callable]] = {
     "zeroshot": ("zeroshot", lambda backbone: ZeroShotScorer(backbone, GROUPS)),
     "zeroshot-context": ("zeroshot", _zeroshot_context),
     "zeroshot-calibrated": ("zeroshot", lambda b: ZeroShotScorer(b, GROUPS, Calibration(0.5, 2.0))),
+    "zeroshot-authors": ("zeroshot", lambda backbone: ZeroShotScorer(backbone, GROUPS, formula="authors")),
+    "zeroshot-content": ("zeroshot", _zeroshot_content),
     "probe-mean": ("probe", _probe("mean")),
     "probe-distribution": ("probe", _probe("distribution", Calibration(1.1, -0.2))),
     "laion": ("laion", _laion),
@@ -158,6 +166,26 @@ def test_scores_from_features_equal_scores_from_pixels(name: str, backbone, imag
     assert shared == (name != "finetune")  # a fine-tuned tower is its own encoder
 
 
+def _zeroshot_raw(scorer, model, tokenizer, unit: np.ndarray) -> np.ndarray:
+    """raw of a zero-shot head from its prompts, strategy and formula (authors: unnormalised embeddings)."""
+
+    def encode(texts) -> np.ndarray:
+        with torch.no_grad():
+            e = model.encode_text(tokenizer(list(texts))).double().numpy()
+        return e if scorer.formula == "authors" else e / np.linalg.norm(e, axis=1, keepdims=True)
+
+    pos, neg = encode(scorer.prompts.positive), encode(scorer.prompts.negative)
+    if scorer.strategy == "context":
+        best = (unit @ encode(scorer.context_prompts).T).argmax(1)
+        return 100 * ((unit * pos[best]).sum(1) - (unit * neg[best]).sum(1))
+    if scorer.strategy == "content":  # the authors' content mode: the best prompt of each group
+        return 100 * ((unit @ pos.T).max(1) - (unit @ neg.T).max(1))
+    pos, neg = pos.mean(0), neg.mean(0)
+    if scorer.formula == "cosine":
+        pos, neg = pos / np.linalg.norm(pos), neg / np.linalg.norm(neg)
+    return 100 * (unit @ pos - unit @ neg)
+
+
 def _reference(name: str, scorer, images: torch.Tensor, spec: str) -> np.ndarray:
     """Each head's score with numpy on features from open_clip directly (the fine-tuned tower: its own)."""
     model, _, _ = open_clip.create_model_and_transforms(spec)
@@ -169,13 +197,8 @@ def _reference(name: str, scorer, images: torch.Tensor, spec: str) -> np.ndarray
         f = tower(pixels).double().numpy()
     unit = f / np.linalg.norm(f, axis=1, keepdims=True)
     sigmoid = lambda x: 1 / (1 + np.exp(-x))  # noqa: E731
-    if name.startswith("zeroshot"):
-        pos, neg = (getattr(scorer, k).double().numpy() for k in ("positive", "negative"))
-        if name == "zeroshot-context":
-            best = (unit @ scorer.contexts.double().numpy().T).argmax(1)
-            raw = 100 * ((unit * pos[best]).sum(1) - (unit * neg[best]).sum(1))
-        else:
-            raw = 100 * (unit @ pos - unit @ neg)
+    if name.startswith("zeroshot"):  # the prompts encoded here with open_clip, not the scorer's buffers
+        raw = _zeroshot_raw(scorer, model, open_clip.get_tokenizer(spec), unit)
         score = 1 + 9 * sigmoid(raw)
         return score * 0.5 + 2.0 if name == "zeroshot-calibrated" else score
     t = {k: v.double().numpy() for k, v in scorer.tensors().items()}

@@ -11,6 +11,7 @@ import open_clip
 import pytest
 import torch
 from PIL import Image
+from scipy import stats
 from torch import nn
 from torch.nn import functional as F
 from typer.testing import CliRunner
@@ -19,7 +20,7 @@ from clip_aesthetics import load_backbone
 from clip_aesthetics.cli import app
 from clip_aesthetics.datasets import make_synthetic_ava
 from clip_aesthetics.features import DatasetSpec, embed_dataset, load_features
-from clip_aesthetics.metrics import compute_metrics, srcc
+from clip_aesthetics.metrics import srcc
 from clip_aesthetics.probe import ALPHA_EXPONENTS, fit_linear, fit_probe
 from clip_aesthetics.prompts import PromptGroups
 from clip_aesthetics.scorers import ProbeHead, ZeroShotScorer, load_scorer, read_scorer_file
@@ -155,7 +156,12 @@ def test_probe_learns_the_planted_signal_better_than_baselines(cache: Path, back
     with torch.inference_mode():
         predictions = ols.head(torch.from_numpy(test.features)).score.double().numpy()
     np.testing.assert_allclose(predictions, ols.linear.predict(test.features)[:, 0], rtol=1e-5)
-    assert ols.metrics["test"] == compute_metrics(predictions, test.means)
+    # the reported test metrics, by scipy and numpy on the head's predictions
+    reported = ols.metrics["test"]
+    assert reported["srcc"] == pytest.approx(stats.spearmanr(predictions, test.means).statistic, abs=1e-12)
+    assert reported["plcc"] == pytest.approx(stats.pearsonr(predictions, test.means).statistic, abs=1e-12)
+    assert reported["accuracy"] == pytest.approx(np.mean((predictions > 5) == (test.means > 5)))
+    assert reported["mse"] == pytest.approx(np.mean((predictions - test.means) ** 2), abs=1e-12)
 
 
 def test_head_file_round_trip_and_pixels_path(tmp_path: Path, cache: Path, backbone):

@@ -120,13 +120,21 @@ def test_zero_shot_head_computes_in_float32_under_bf16_autocast(tiny_clip_spec: 
         under_autocast = scorer.score_features(features)
     assert under_autocast.raw.dtype == torch.float32
     torch.testing.assert_close(under_autocast.raw, exact.raw, rtol=0, atol=1e-5)
-    # independently: the formula in float64
+    # independently: the prompts encoded by open_clip itself, the formula in float64
     f = torch.nn.functional.normalize(features.double(), dim=-1)
     if strategy == "ensemble":
-        pos, neg = (
-            torch.nn.functional.normalize(encode_texts(backbone, g).double().mean(0), dim=0)
-            for g in (groups.positive, groups.negative)
-        )
+        model = open_clip.create_model(tiny_clip_spec).eval()
+        tokenizer = open_clip.get_tokenizer(tiny_clip_spec)
+        with torch.inference_mode():
+            pos, neg = (
+                torch.nn.functional.normalize(
+                    torch.nn.functional.normalize(
+                        model.encode_text(tokenizer(list(g))).double(), dim=-1
+                    ).mean(0),
+                    dim=0,
+                )
+                for g in (groups.positive, groups.negative)
+            )
         expected = 100 * (f @ pos - f @ neg)
         torch.testing.assert_close(under_autocast.raw.double(), expected, rtol=0, atol=1e-4)
 
@@ -204,3 +212,34 @@ def test_checkpoint_given_as_scorer_gets_a_hint(tmp_path: Path) -> None:
     (tmp_path / "head.pth").write_bytes(b"not a scorer")
     with pytest.raises(ValueError, match="laion:PATH"):
         load_scorer(tmp_path / "head.pth")
+
+
+def test_files_written_before_the_formula_choice_load_with_cosine(
+    tiny_clip_spec: str, tmp_path: Path
+) -> None:
+    backbone = load_backbone(tiny_clip_spec, device="cpu")
+    save_scorer(ZeroShotScorer(backbone, GROUPS, formula="authors"), tmp_path / "authors.json")
+    config = json.loads((tmp_path / "authors.json").read_text())
+    assert config["formula"] == "authors"
+    del config["formula"]  # as every file written before the choice existed
+    (tmp_path / "old.json").write_text(json.dumps(config))
+    old, authors = (load_scorer(tmp_path / name, device="cpu") for name in ("old.json", "authors.json"))
+    assert (old.formula, authors.formula) == ("cosine", "authors")
+    features = torch.randn(8, backbone.feature_dim, generator=torch.Generator().manual_seed(1))
+    expected = reference_raw_from_features(tiny_clip_spec, GROUPS, features)  # cosine, by open_clip
+    torch.testing.assert_close(old.score_features(features).raw.double(), expected, rtol=0, atol=1e-4)
+
+
+def reference_raw_from_features(spec: str, groups: PromptGroups, features: torch.Tensor) -> torch.Tensor:
+    """100 * (cos(f, g+) - cos(f, g-)) with groups ensembled from open_clip's own text embeddings."""
+    model, tokenizer = open_clip.create_model(spec).eval(), open_clip.get_tokenizer(spec)
+    with torch.inference_mode():
+        embedded = [
+            model.encode_text(tokenizer(list(g))).double() for g in (groups.positive, groups.negative)
+        ]
+    pos, neg = (
+        torch.nn.functional.normalize(torch.nn.functional.normalize(e, dim=-1).mean(0), dim=0)
+        for e in embedded
+    )
+    f = torch.nn.functional.normalize(features.double(), dim=-1)
+    return 100 * (f @ pos - f @ neg)

@@ -123,7 +123,7 @@ class ZeroShotScorer(Scorer):
         elif self.strategy == "content":
             similarity = (features @ positive.T).amax(dim=-1) - (features @ negative.T).amax(dim=-1)
         else:
-            similarity = features @ positive - features @ negative
+            similarity = features @ (positive - negative)  # f . (g+ - g-): no cancellation of two dots
         raw = LOGIT_SCALE * similarity
         return ScoreOutput(score=1.0 + 9.0 * torch.sigmoid(raw), raw=raw)
 
