@@ -181,3 +181,26 @@ def test_one_batch_size_default_per_device(photo_dir: Path, tmp_path: Path, tiny
     assert run(*args, "--device", "cpu").exit_code == 0
     metadata = pq.read_schema(tmp_path / "ranked.embeddings.parquet").metadata[b"clip_aesthetics"]
     assert json.loads(metadata)["batch_size"] == BATCH_SIZE_CPU
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["embed", "{demo}", "-o", "{typo}/cache"],
+        ["synth-ava", "{typo}/demo", "--n", "5"],
+        ["fit-probe", "{demo}", "-o", "{typo}/probe.safetensors"],
+        ["prompts", "search", "{demo}", "-o", "{typo}/prompts.json"],
+        ["finetune", "{demo}", "-o", "{typo}/run"],
+        ["evaluate", "{demo}", "-o", "{typo}/metrics.json"],
+        ["datasets", "verify", "{demo}", "-o", "{typo}/verify.json"],
+    ],
+    ids=lambda a: " ".join(a[:2]),
+)
+def test_no_folder_tree_is_made_for_a_typo(args: list[str], tmp_path: Path) -> None:
+    demo = tmp_path / "demo"
+    assert run("synth-ava", demo, "--n", 12, "--size", 32).exit_code == 0
+    typo = tmp_path / "nonexistent" / "dir"
+    result = CliRunner().invoke(app, [a.format(demo=demo, typo=typo) for a in args], env=WIDE)
+    assert result.exit_code == 2
+    assert "folder not found" in result.output
+    assert not (tmp_path / "nonexistent").exists()

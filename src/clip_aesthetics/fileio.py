@@ -395,3 +395,19 @@ def _same_file(handle: IO, path: Path) -> bool:
         return os.path.samestat(os.fstat(handle.fileno()), os.stat(path))
     except OSError:
         return False
+
+
+def check_output_folder(folder: str | os.PathLike) -> Path:
+    """Refuse, before any work, an output folder (a cache, a run, a dataset) that is a typo.
+
+    The folder may exist (then it must be a folder) or be created, as ``mkdir`` would, inside a folder that
+    exists; a path whose parent is missing too (``/nonexistent/dir/cache``) is an error, not a new tree.
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"{text_name(folder)} is a file; expected a folder")
+    if not folder.exists() and not folder.parent.is_dir():
+        raise FileNotFoundError(
+            f"folder not found: {text_name(folder.parent)} (for {text_name(folder.name)})"
+        )
+    return folder

@@ -74,7 +74,9 @@ def synth_ava(
     """Write a synthetic AVA-format dataset with planted aesthetic signal (for tests and demos)."""
     from ..datasets import make_synthetic_ava
     from ..datasets.ava import TEST_LIST, read_id_list
+    from ..fileio import check_output_folder
 
+    check_output_folder(out)
     try:
         root = make_synthetic_ava(
             out,

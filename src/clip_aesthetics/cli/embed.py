@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from ..constants import DEFAULT_MODEL
-from ..fileio import atomic_write_json
+from ..fileio import atomic_write_json, check_output_folder, check_outputs
 from ..tables import format_metric, print_table
 from .app import (
     EXIT_NOTHING_DONE,
@@ -99,6 +99,7 @@ def embed(
     from ..features import DatasetSpec, embed_dataset
     from ..scorers.base import resolve_precision
 
+    check_output_folder(output)  # before the model loads
     spec = DatasetSpec(dataset, str(root), split_kind, parse_fractions(fractions), val_fraction, split_seed)
     backbone = load_backbone(model, pretrained, device=device)
     report = embed_dataset(
@@ -151,6 +152,7 @@ def fit_probe_command(
     """Fit a linear probe on cached features (train split); report val and test metrics; save the scorer."""
     from ..probe import fit_probe
 
+    check_outputs(output)
     if output.suffix != ".safetensors":
         raise ValueError(f"--output must be a .safetensors file, not {output.name!r}")
     result = fit_probe(cache, solver=solver, alpha=parse_alpha(alpha), target=target)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 
+from ..fileio import check_output_folder
 from ..tables import format_metric
 from .app import app, console, on_interrupt, user_errors
 
@@ -99,6 +100,7 @@ def finetune(
         workers=workers, device=device,
     )  # fmt: skip
     config, run_dir, resuming = _build_config(dataset, resume, output, options)
+    check_output_folder(run_dir)
     result = run_finetune(config, run_dir, resume=resuming, stop_after=stop_after, log=_print)
     _report(result, run_dir)
 

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from ..constants import DEFAULT_MODEL, PROMPT_METRICS, PROMPT_STRATEGIES, SPLITS
+from ..fileio import check_output_folder, check_outputs
 from ..tables import format_metric, print_table
 from .app import NOTHING_WRITTEN, app, console, on_interrupt, user_errors
 from .options import (
@@ -98,6 +99,8 @@ def search(
     positives = load_word_list(positive, POSITIVE_ADJECTIVES)
     negatives = load_word_list(negative, NEGATIVE_ADJECTIVES)
     words = contents_for(contents)
+    check_outputs(output, markdown)  # before the model loads: no folders made for a typo
+    check_output_folder(cache or default_cache(output, model))
     backbone = load_backbone(model, pretrained, device=device)
     if not backbone.has_text:
         raise ValueError(f"prompt search needs a CLIP model, not {model}")
