@@ -10,6 +10,7 @@ Precision, batch size and workers default to the CLI's (auto, 64, one per 4 core
 actor as the Ray engine plans them from the cluster. Scores of the engines are compared at the end.
 
     python benchmarks/bench_shards.py                                    # ViT-B/32 (random weights), CPU
+    python benchmarks/bench_shards.py --memory 3,12 --per-shard 16       # peak memory, 3 vs 12 shards
     python benchmarks/bench_shards.py --device cuda --model ViT-L-14 --shards 32 --per-shard 256 \\
         --batch-size 256 --workers 14 --gpus-per-actor 1                    # on a GPU
 """
@@ -18,8 +19,11 @@ from __future__ import annotations
 
 import argparse
 import io
+import subprocess
+import sys
 import tarfile
 import tempfile
+import textwrap
 import time
 from pathlib import Path
 
@@ -84,6 +88,21 @@ def save_random_model(folder: Path, name: str) -> str:
     return f"local-dir:{folder}"
 
 
+def peak_memory_mb(spec: str, tars: list[str], out: Path, options: dict) -> float:
+    """Peak resident memory (MB) of a fresh process scoring ``tars`` with the local engine."""
+    code = textwrap.dedent(f"""
+        import resource
+        from bench_score import GROUPS
+        from clip_aesthetics.shards import EngineOptions, ScorerRecipe, score_shards
+        recipe = ScorerRecipe("zeroshot", {spec!r}, prompts=GROUPS)
+        score_shards({tars!r}, {str(out)!r}, recipe, EngineOptions(**{options!r}), progress=False)
+        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          cwd=Path(__file__).parent)  # fmt: skip
+    return float(done.stdout.split()[-1])
+
+
 def timed(run) -> float:
     start = time.perf_counter()
     run()
@@ -125,6 +144,11 @@ def main() -> None:
     parser.add_argument("--cpus-per-actor", type=float, default=None)
     parser.add_argument("--ray-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
     parser.add_argument("--engines", default="files,local,ray")
+    parser.add_argument(
+        "--memory",
+        default=None,
+        help="only measure the local engine's peak memory for these shard counts: 3,12",
+    )
     args = parser.parse_args()
     width, height = map(int, args.size.split("x"))
     engines = args.engines.split(",")
@@ -132,13 +156,23 @@ def main() -> None:
         tmp = Path(tmp)
         n = args.shards * args.per_shard
         (tmp / "files").mkdir()
-        files = make_jpegs(tmp / "files", 2 * n, width, height)
-        tars = write_shards(tmp, files, 2 * args.shards)
+        shard_count = max(2 * args.shards, *map(int, (args.memory or "0").split(",")))
+        files = make_jpegs(tmp / "files", shard_count * args.per_shard, width, height)
+        tars = write_shards(tmp, files, shard_count)
         recipe = ScorerRecipe("zeroshot", save_random_model(tmp / "model", args.model), prompts=GROUPS)
         scorer = recipe.build(args.device)  # as the CLI: every run below builds its own from the recipe
         precision = resolve_precision(scorer.device, args.precision, cpu_bf16=True)
         print(f"{args.model} on {args.device}, {precision}, batch {args.batch_size}, JPEGs {args.size}; "
               f"N = {n} images in {args.shards} shards, then 2N")  # fmt: skip
+        if args.memory:
+            options = dict(batch_size=args.batch_size, workers=args.workers, precision=args.precision)
+            for count in map(int, args.memory.split(",")):
+                some = tars[:count]
+                peak = peak_memory_mb(recipe.model, some, tmp / f"memory-{count}", options)
+                print(
+                    f"local engine, {count:3d} shards ({count * args.per_shard} images): peak {peak:7.0f} MB"
+                )
+            return
         ceiling = model_only(scorer, files[:n], args, precision)
         print(f"model alone (decoded uint8 batches): {1000 / ceiling:.1f} ms/image")
         options = dict(batch_size=args.batch_size, workers=args.workers, precision=args.precision,

@@ -131,9 +131,9 @@ def test_filter_copies_exactly_the_selected_samples(tiny_clip_spec: str, tmp_pat
     """Point 5: a key twice in a tar, null keys in Parquet, a source changed after scoring."""
     src = tmp_path / "src"
     src.mkdir()
-    images = [encoded(i) for i in range(4)]
+    images = [encoded(i) for i in range(7)]  # all different: no two samples tie
     write_tar(src / "dup.tar", [("a.jpg", images[0]), ("b.jpg", images[1]), ("a.jpg", images[2])])
-    pq.write_table(pa.table({"key": [None, "k1", None], "jpg": images[1:4]}), src / "nulls.parquet")
+    pq.write_table(pa.table({"key": [None, "k1", None], "jpg": images[3:6]}), src / "nulls.parquet")
     out = tmp_path / "scores"
     run(*score_args(tiny_clip_spec, src / "dup.tar", src / "nulls.parquet", out=out))
     rows = all_rows(out)
@@ -141,16 +141,16 @@ def test_filter_copies_exactly_the_selected_samples(tiny_clip_spec: str, tmp_pat
     picked = tmp_path / "picked"
     result = run("filter", str(out), "--min-score", str(best["score"]), "-o", f"{picked}/")
     assert result.exit_code == 0, result.output
-    want = images[[0, 1, 2][best["pos"]]] if best["shard"].endswith(".tar") else images[1:4][best["pos"]]
+    want = images[best["pos"] + (0 if best["shard"].endswith(".tar") else 3)]
     assert [data for _, _, data in samples_in(picked)] == [want]
     everything = tmp_path / "all"
     assert run("filter", str(out), "--min-score", "0", "-o", f"{everything}/").exit_code == 0
-    assert sorted(data for _, _, data in samples_in(everything)) == sorted(images[:3] + images[1:4])
-    write_tar(src / "dup.tar", [("a.jpg", images[3]), ("b.jpg", images[1]), ("a.jpg", images[2])])  # changed
+    assert sorted(data for _, _, data in samples_in(everything)) == sorted(images[:6])
+    write_tar(src / "dup.tar", [("a.jpg", images[6]), ("b.jpg", images[1]), ("a.jpg", images[2])])  # changed
     changed = run("filter", str(out), "--min-score", "0", "-o", f"{tmp_path / 'again'}/")
     assert changed.exit_code == 1 and "dup.tar" in console_text(changed)
     copied = [data for name, _, data in samples_in(tmp_path / "again") if name == "dup.tar"]
-    assert images[3] not in copied and copied == images[1:3]  # the unchanged samples, checked, are copied
+    assert images[6] not in copied and copied == images[1:3]  # the unchanged samples, checked, are copied
 
 
 def test_key_lists_in_the_scores_folder_are_not_scores(curator_scores: Path, tmp_path: Path) -> None:
