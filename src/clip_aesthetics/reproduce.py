@@ -378,13 +378,15 @@ class Study:
                 "recipe": recipe.to_dict(),
                 "strategy": strategy,
                 "formula": formula,
+                "text_precision": self._precision(c.model, c.pretrained),
                 "prompts": [provenance.texts_digest(t) for t in (groups.positive, groups.negative)],
             }
             if not provenance.reusable(path, wanted, self.log):
                 backbone = self._backbone(c.model, c.pretrained)
                 scorer = ZeroShotScorer(
-                    backbone, groups, recipe=recipe.to_dict(), strategy=strategy, formula=formula
-                )
+                    backbone, groups, recipe=recipe.to_dict(), strategy=strategy, formula=formula,
+                    text_precision=c.run_precision,
+                )  # fmt: skip
                 save_scorer(scorer, path)
                 provenance.record(path, wanted)
             departures = self._departures("CLIP", c.model, c.pretrained)

@@ -77,6 +77,7 @@ class ZeroShotScorer(Scorer):
         context_prompts: tuple[str, ...] | None = None,
         formula: str = "cosine",
         encoded: dict[str, torch.Tensor] | None = None,
+        text_precision: str = "auto",
     ) -> None:
         super().__init__(backbone, calibration)
         if not backbone.has_text:
@@ -86,12 +87,13 @@ class ZeroShotScorer(Scorer):
         self.prompts = prompts or default_prompts()
         self.formula = check_formula(formula)
         self.recipe, self.strategy, self.context_prompts = recipe, strategy, context_prompts
+        self.text_precision = text_precision  # of the text tower (reproduce's paper recipe: fp32)
         if encoded is not None:  # the groups as a scorer file holds them: the text tower is not run
             for name, tensor in _checked_encoded(encoded, strategy, backbone).items():
                 self.register_buffer(name, tensor.to(backbone.device))
             return
         positive, negative = (
-            encode_texts(backbone, texts, normalize=False)
+            encode_texts(backbone, texts, normalize=False, precision=text_precision)
             for texts in (self.prompts.positive, self.prompts.negative)
         )
         if strategy == "context":
@@ -99,7 +101,7 @@ class ZeroShotScorer(Scorer):
                 raise ValueError(
                     "the context strategy needs equally long positive, negative and context prompts"
                 )
-            contexts = encode_texts(backbone, context_prompts, normalize=False)
+            contexts = encode_texts(backbone, context_prompts, normalize=False, precision=text_precision)
             self.register_buffer("contexts", prompt_vectors(contexts, formula).to(backbone.device))
         if strategy == "ensemble":
             positive, negative = group_vector(positive, formula), group_vector(negative, formula)
@@ -140,6 +142,7 @@ class ZeroShotScorer(Scorer):
             "context_prompts": list(self.context_prompts) if self.context_prompts else None,
             "recipe": self.recipe,
             "formula": self.formula,
+            "text_precision": self.text_precision,
             "logit_scale": LOGIT_SCALE,
         }
 
@@ -155,6 +158,7 @@ class ZeroShotScorer(Scorer):
             strategy=config.get("strategy", "ensemble"),
             context_prompts=context,
             formula=config.get("formula", LEGACY_FORMULA),
+            text_precision=config.get("text_precision", "auto"),
             encoded=tensors if tensors and _same_text_tower(config["backbone"], backbone) else None,
         )
 
