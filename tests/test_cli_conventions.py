@@ -204,3 +204,8 @@ def test_no_folder_tree_is_made_for_a_typo(args: list[str], tmp_path: Path) -> N
     assert result.exit_code == 2
     assert "folder not found" in result.output
     assert not (tmp_path / "nonexistent").exists()
+
+
+def test_a_path_that_looks_like_an_argument_is_left_alone() -> None:
+    result = CliRunner().invoke(_python_error_app("cannot read /photos/split_kind=2.jpg"), [], env=WIDE)
+    assert result.exit_code == 2 and "/photos/split_kind=2.jpg" in result.output

@@ -119,7 +119,10 @@ def shorten(message: str, limit: int = MAX_MESSAGE) -> str:
 
 # Library arguments whose flag has another name (the library's `kind` is the CLI's --split-kind).
 _FLAG_OF_ARGUMENT = {"kind": "--split-kind", "exist_ok": "--exist-ok", "out_dir": "--output"}
-_ARGUMENT = re.compile(r"\b([a-z][a-z0-9_]*)=(?:'([^']*)'|\"([^\"]*)\"|([\w.+\-]+))")
+# name=value as Python writes it: a quoted string, a number or a constant (not part of a path: a/model=2.jpg)
+_ARGUMENT = re.compile(
+    r"(?<![\w/\\.\-])([a-z][a-z0-9_]*)=(?:'([^']*)'|\"([^\"]*)\"|(True|False|None|-?\d+(?:\.\d+)?)\b)"
+)
 
 
 def as_flags(message: str) -> str:
