@@ -3,6 +3,7 @@ stale companions removed, long names, no folders made for a typo."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import signal
@@ -35,6 +36,19 @@ def old_photos(photo_dir: Path) -> Path:
     return photo_dir
 
 
+@contextlib.contextmanager
+def score_process(args: list[str], tmp_path: Path, parts: Path, min_parts: int):
+    """The real CLI in a subprocess, handed over once ``min_parts`` part files exist; ended by its pid."""
+    process = _slow_score_process(args, tmp_path)
+    try:
+        _wait_for(lambda: len(list(parts.glob("part-*.parquet"))) >= min_parts, process)
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=60)
+
+
 def counting_iter_scored(monkeypatch) -> list[int]:
     counted: list[int] = []
     real = scoring.iter_scored
@@ -52,15 +66,10 @@ def test_input_replaced_in_place_after_a_kill_is_scored_again(
 ) -> None:
     out = tmp_path / "ranked.csv"
     args = score_args(old_photos, tiny_clip_spec, out)
-    process = _slow_score_process(args, tmp_path)
     parts = parts_folder_for(out)
-    try:
-        _wait_for(lambda: len(list(parts.glob("part-*.parquet"))) >= 2, process)
+    with score_process(args, tmp_path, parts, min_parts=2) as process:
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
     n_kept = 4 * len(list(parts.glob("part-*.parquet")))
     first = find_images([old_photos])[0]  # position 0: in the first part, its batch is positions 0 and 1
     inode = first.stat().st_ino
@@ -120,10 +129,8 @@ def test_second_run_on_one_output_is_refused_naming_the_first(
 ) -> None:
     out = tmp_path / "ranked.csv"
     args = score_args(old_photos, tiny_clip_spec, out)
-    process = _slow_score_process(args, tmp_path)
     parts = parts_folder_for(out)
-    try:
-        _wait_for(lambda: len(list(parts.glob("part-*.parquet"))) >= 1, process)
+    with score_process(args, tmp_path, parts, min_parts=1) as process:
         before = sorted(p.name for p in parts.iterdir())
         result = run(*args)
         assert result.exit_code == 2
@@ -131,9 +138,6 @@ def test_second_run_on_one_output_is_refused_naming_the_first(
         assert set(before) <= {p.name for p in parts.iterdir()}  # its parts were not cleared
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
     result = run(*args)  # the kernel released the dead run's lock
     assert result.exit_code == 0, result.output
     assert len(read_csv(out)) == 14
