@@ -108,3 +108,23 @@ def test_evaluate_takes_the_split_files(ava: Path, tmp_path: Path, tiny_clip_spe
     assert result.exit_code == 0, result.output
     document = json.loads((tmp_path / "m.json").read_text())
     assert document["split"]["counts"]["test"] == 6 and document["scorer"]["formula"] == "authors"
+
+
+def test_embed_takes_the_split_files(ava: Path, tmp_path: Path, tiny_clip_spec: str) -> None:
+    from clip_aesthetics.features import load_features
+
+    ids = _ids(ava)
+    folder = tmp_path / "split"
+    folder.mkdir()
+    _write(folder / "AVA_test.csv", ids[:6])
+    _write(folder / "AVA_train.csv", ids[6:30])
+    args = [
+        "embed", str(ava), "--split-kind", "file", "--split-file", str(folder), "--model", tiny_clip_spec,
+        "--output", str(tmp_path / "cache"), "--workers", "0",
+    ]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    features = load_features(tmp_path / "cache")
+    assert set(features.select("test").ids) == set(ids[:6])
+    assert set(features.select("train", "val").ids) == set(ids[6:30])
+    assert len(features.select("val")) == round(0.2 * 24)  # the authors' carve-out: 20% of train

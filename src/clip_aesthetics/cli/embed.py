@@ -30,6 +30,7 @@ from .options import (
     Device,
     Model,
     Pretrained,
+    SplitFile,
     SplitSeed,
     Workers,
     batch_size_for,
@@ -70,8 +71,13 @@ def embed(
     ],
     dataset: AnyDataset = "ava",
     split_kind: Annotated[
-        str, typer.Option(help="official (the dataset's), random (seeded), or none (every record as test).")
+        str,
+        typer.Option(
+            help="official (the dataset's), random (seeded), file (--split-file: the authors' split files), "
+            "or none (every record as test)."
+        ),
     ] = "official",
+    split_file: SplitFile = None,
     fractions: Annotated[
         str, typer.Option(help="train,val,test fractions for --split-kind random.")
     ] = "0.8,0.1,0.1",
@@ -96,10 +102,12 @@ def embed(
 ) -> None:
     """Embed every image of a dataset into a resumable feature cache (float16 shards + Parquet + manifest)."""
     from ..backbones import load_backbone
+    from ..datasets import split_kind as resolve_split_kind
     from ..features import DatasetSpec, embed_dataset
     from ..scorers.base import resolve_precision
 
     check_output_folder(output)  # before the model loads
+    split_kind = resolve_split_kind(split_kind, split_file)
     spec = DatasetSpec(dataset, str(root), split_kind, parse_fractions(fractions), val_fraction, split_seed)
     backbone = load_backbone(model, pretrained, device=device)
     report = embed_dataset(

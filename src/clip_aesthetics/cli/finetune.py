@@ -77,7 +77,14 @@ def finetune(
     freeze_backbone: bool = typer.Option(None, "--freeze-backbone", help="Train the head only."),
     freeze_blocks: int = typer.Option(None, min=0, help="Freeze the stem and the first N tower blocks."),
     augment: bool = typer.Option(None, "--augment", help="Random resized crop + flip (default: none)."),
-    split_kind: str = typer.Option(None, help="official (default: the dataset's own) or random."),
+    split_kind: str = typer.Option(
+        None,
+        help="official (default: the dataset's own), random, or file (--split-file: the authors' files).",
+    ),
+    split_file: Path = typer.Option(
+        None,
+        help="With --split-kind file: a folder of the authors' AVA_*.csv split files, or a test-id file.",
+    ),
     val_fraction: float = typer.Option(None, help="Validation fraction (of train for official; 0.05)."),
     test_fraction: float = typer.Option(None, help="Test fraction of a random split (0.1)."),
     split_seed: int = typer.Option(None, help="Split seed (default: 123 official, 0 random)."),
@@ -88,8 +95,11 @@ def finetune(
     stop_after: int = typer.Option(None, min=1, help="Stop after this epoch; --resume continues later."),
 ) -> None:
     """Fine-tune a CLIP (or timm ImageNet) image tower with a 10-bin head and EMD loss (paper's recipe)."""
+    from ..datasets import split_kind as resolve_split_kind
     from ..finetune.run import finetune as run_finetune
 
+    if split_kind is not None or split_file is not None:
+        split_kind = resolve_split_kind(split_kind or "official", split_file)
     options = _given(
         dataset_kind=dataset_kind, model=model, pretrained=pretrained, loss=loss, optimizer=optimizer,
         lr_backbone=lr_backbone, lr_head=lr_head, momentum=momentum, weight_decay=weight_decay,
