@@ -6,6 +6,13 @@
    the pipeline's workers, at reduced scale, checks + thumbnail + embedding), then a reopen from its cache.
 2. Grouping 10,000 frames (512-d embeddings): with capture times and by content alone.
 3. The review page's photo list for 10,000 frames: build time and JSON size.
+4. Grouping 50,000 frames that are all alike (a time-lapse copied without capture times): time and peak
+   memory (tracemalloc) of the tiled union-find.
+5. Camera formats: DNGs (a real Bayer mosaic; sensor data decoded by LibRaw, or the embedded preview when it
+   covers the model's input) and HEICs (libheif), against JPEGs of the same photos, decoded for the model
+   as the pipeline does (``open_image`` with the pipeline's draft size).
+6. The review app's first answer after launch with an empty cache (the model and its prompts load in the
+   background), and the time until it is ready.
 
     python benchmarks/bench_cull.py --n 40 --size 3000x2000
 """
@@ -15,8 +22,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
+import subprocess
+import sys
 import tempfile
 import time
+import tracemalloc
+import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -108,6 +120,7 @@ def scale(n: int) -> None:
     session = ReviewSession(Path("/shoot"), scorer=SimpleNamespace(method="zeroshot"))  # scores given below
     session.shoot = Shoot(Path("/shoot"), Path("/cache"), frames, embeddings.astype(np.float32))
     session.labels = {f["rel"]: Labels() for f in frames}
+    session.groups = groups
     session.index = {f["rel"]: i for i, f in enumerate(frames)}
     session.rel_of = {str(session.shoot.path(i)): f["rel"] for i, f in enumerate(frames)}
     from clip_aesthetics.culling.cull import cull_rows
@@ -124,6 +137,107 @@ def scale(n: int) -> None:
     )
 
 
+def alike(n: int) -> None:
+    """Grouping ``n`` frames that are all alike, without capture times: one group, memory kept bounded."""
+    from clip_aesthetics.culling.grouping import group_frames
+
+    rng = np.random.default_rng(0)
+    embeddings = (np.ones((n, 512)) + rng.normal(0, 0.01, (n, 512))).astype(np.float32)
+    tracemalloc.start()
+    start = time.perf_counter()
+    groups = group_frames(embeddings)
+    seconds = time.perf_counter() - start
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    print(
+        f"grouping {n} alike frames (512-d, no times): {seconds:.2f} s, peak {peak / 2**20:.0f} MB above the "
+        f"{embeddings.nbytes / 2**20:.0f} MB of embeddings, {len(set(groups.tolist()))} group(s)"
+    )
+
+
+def formats(n: int, size: str) -> None:
+    """Decode rates of DNG (preview, LibRaw half size, LibRaw full), HEIC and JPEG of the same photos."""
+    tests = Path(__file__).resolve().parent.parent / "tests"
+    sys.path.insert(0, str(tests))  # the tests' writers of real DNGs (LibRaw reads them) and HEICs
+    from PIL import Image
+
+    from clip_aesthetics.images import open_image
+    from raw_data import make_dng_with_preview, make_heic
+
+    width, height = map(int, size.split("x"))
+    draft = 448  # the pipeline's draft size for ViT-B-32 (2 x 224)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        jpegs = make_jpegs(folder, n, width, height)
+        dngs, heics = [], []
+        for i, jpeg in enumerate(jpegs):
+            image = Image.open(jpeg).convert("RGB")
+            preview = image.resize((width // 4, height // 4))  # a small preview: 750 x 500 for 3000 x 2000
+            dngs.append(make_dng_with_preview(image, preview, folder / f"photo_{i:04d}.dng"))
+            heics.append(make_heic(image, folder / f"photo_{i:04d}.heic"))
+
+        def rate(paths, draft_size) -> float:
+            start = time.perf_counter()
+            for path in paths:
+                open_image(path, draft_size=draft_size)
+            return len(paths) / (time.perf_counter() - start)
+
+        jpeg = rate(jpegs, draft)
+        rows = [
+            ("JPEG (baseline, drafted)", jpeg),
+            ("DNG, embedded preview (uncompressed RGB)", rate(dngs, draft)),
+            ("DNG, LibRaw half-size decode (preview too small)", rate(dngs, min(width, height) // 4 + 100)),
+            ("DNG, LibRaw full decode (100% loupe)", rate(dngs, None)),
+            ("HEIC (libheif)", rate(heics, draft)),
+        ]
+    print(f"decoding {n} photos {size} for the model (draft {draft} px), images/s:")
+    for name, value in rows:
+        print(f"  {name}: {value:.2f} images/s ({value / jpeg:.2f}x JPEG)")
+
+
+def app_start(model: str) -> None:
+    """Seconds from launching `clip-aesthetics app` (empty cache) to its first answer, and to ready."""
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "shoot"
+        folder.mkdir()
+        make_jpegs(folder, 8, 1200, 800)
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        env = {**os.environ, "CLIP_AESTHETICS_CACHE": str(Path(tmp) / "cache")}
+        command = [sys.executable, "-m", "clip_aesthetics", "app", str(folder), "--port", str(port)]
+        start = time.perf_counter()
+        process = subprocess.Popen(
+            [*command, "--model", model, "--pretrained", "none"], env=env, stderr=subprocess.DEVNULL
+        )
+        first = ready = None
+        phases = []
+        try:
+            while time.perf_counter() - start < 900 and process.poll() is None:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/status", timeout=5) as answer:
+                        status = json.load(answer)
+                except OSError:
+                    time.sleep(0.1)
+                    continue
+                first = first or time.perf_counter() - start
+                if not phases or phases[-1] != status["state"]:
+                    phases.append(status["state"])
+                if status["state"] in ("ready", "failed"):
+                    ready = time.perf_counter() - start
+                    break
+                time.sleep(0.2)
+        finally:
+            process.terminate()
+            process.wait(10)
+    print(
+        f"app, {model} with the default prompts, empty cache: first answer after {first:.1f} s "
+        f"(states seen: {' -> '.join(phases)}), ready after {ready:.1f} s"
+        if first and ready
+        else f"app: first answer {first}, ready {ready}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -133,9 +247,19 @@ def main() -> None:
     parser.add_argument("--model", default="ViT-B-32")
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--scale", type=int, default=10_000, help="frames for the grouping/list benchmark")
+    parser.add_argument("--alike", type=int, default=50_000, help="alike frames for the memory benchmark")
+    parser.add_argument("--formats", type=int, default=8, help="photos per format for the decoding rows")
+    parser.add_argument("--only", choices=["scale", "alike", "analysis", "formats", "app"], action="append")
     args = parser.parse_args()
-    scale(args.scale)
-    analysis(args)
+    parts = {
+        "scale": lambda: scale(args.scale),
+        "alike": lambda: alike(args.alike),
+        "analysis": lambda: analysis(args),
+        "formats": lambda: formats(args.formats, args.size),
+        "app": lambda: app_start(args.model),
+    }
+    for name in args.only or parts:
+        parts[name]()
 
 
 if __name__ == "__main__":
