@@ -65,6 +65,8 @@ def _python_error_app(message: str) -> typer.Typer:
         ("this dataset defines none, use kind='random'", "use --split-kind random"),
         ("demo is not empty; pass exist_ok=True to write into it", "pass --exist-ok to"),
         ("unknown thing; pass other_name=3", "pass other_name=3"),  # no such flag: left as it is
+        ("exist_ok and split_kind must agree", "--exist-ok and --split-kind must agree"),
+        ("see /data/split_kind/x and split_kind.txt", "see /data/split_kind/x and split_kind.txt"),
     ],
 )
 def test_errors_name_flags_not_python_arguments(message: str, expected: str) -> None:

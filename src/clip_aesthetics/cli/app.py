@@ -125,26 +125,36 @@ _ARGUMENT = re.compile(
 )
 
 
+# a bare argument name with an underscore (n_missing), not part of a path or of name=value
+_NAME = re.compile(r"(?<![\w/\\.\-])([a-z][a-z0-9]*_[a-z0-9_]+)\b(?![=/\\.\-])")
+
+
 def as_flags(message: str) -> str:
-    """``pass exist_ok=True`` -> ``pass --exist-ok``, ``use kind='random'`` -> ``use --split-kind random``.
+    """``pass exist_ok=True`` -> ``pass --exist-ok``, ``use kind='random'`` -> ``use --split-kind random``,
+    ``n_corrupt must be >= 0`` -> ``--n-corrupt must be >= 0``.
 
     The library speaks Python; a CLI user sees the flags of the command that runs (a name the command
     has no flag for is left as it is).
     """
     flags = _current_flags()
 
-    def flag(match: re.Match) -> str:
-        name, value = match[1], next(v for v in match.groups()[1:] if v is not None)
+    def option_of(name: str) -> str | None:
         option = flags.get(name)
         if option is None and _FLAG_OF_ARGUMENT.get(name) in flags.values():
             option = _FLAG_OF_ARGUMENT[name]
+        return option
+
+    def argument(match: re.Match) -> str:
+        name, value = match[1], next(v for v in match.groups()[1:] if v is not None)
+        option = option_of(name)
         if option is None:
             return match[0]
         if value in ("True", "False"):
             return option if value == "True" else f"no {option}"
         return f"{option} {value}"
 
-    return _ARGUMENT.sub(flag, message)
+    message = _ARGUMENT.sub(argument, message)
+    return _NAME.sub(lambda match: option_of(match[1]) or match[0], message)
 
 
 def _current_flags() -> dict[str, str]:
