@@ -243,3 +243,39 @@ def reference_raw_from_features(spec: str, groups: PromptGroups, features: torch
     )
     f = torch.nn.functional.normalize(features.double(), dim=-1)
     return 100 * (f @ pos - f @ neg)
+
+
+@pytest.mark.parametrize("command", ["score", "cull"])
+def test_zeroshot_score_option_picks_the_formula(
+    command: str, tiny_clip_spec: str, photo_dir: Path, tmp_path: Path
+) -> None:
+    import csv
+
+    from typer.testing import CliRunner
+
+    from clip_aesthetics.cli import app
+
+    prompts = ["--positive", "a stunning photo", "--positive", "a masterpiece", "--negative", "a dull photo"]
+    bad = CliRunner().invoke(
+        app, [command, str(photo_dir), "-o", str(tmp_path / "x.csv"), "--zeroshot-score", "x"]
+    )
+    assert bad.exit_code == 2 and not (tmp_path / "x.csv").exists()
+    if command == "cull":
+        return
+    out = tmp_path / "ranked.csv"
+    args = ["score", str(photo_dir), "--model", tiny_clip_spec, *prompts, "--zeroshot-score", "authors"]
+    result = CliRunner().invoke(app, [*args, "-o", str(out), "--workers", "0"])
+    assert result.exit_code == 0, result.output
+    rows = {row["path"]: float(row["raw"]) for row in csv.DictReader(out.open())}
+    model, _, preprocess = open_clip.create_model_and_transforms(tiny_clip_spec)
+    tokenizer = open_clip.get_tokenizer(tiny_clip_spec)
+    paths = sorted(rows)
+    with torch.inference_mode():  # the authors' formula: unnormalised text embeddings averaged per group
+        pos, neg = (
+            model.encode_text(tokenizer(list(g))).double().mean(0) for g in (GROUPS.positive, GROUPS.negative)
+        )
+        f = model.eval().encode_image(torch.stack([preprocess(Image.open(p)) for p in paths])).double()
+    expected = 100 * torch.nn.functional.normalize(f, dim=-1) @ (pos - neg)
+    torch.testing.assert_close(
+        torch.tensor([rows[p] for p in paths], dtype=torch.float64), expected, rtol=1e-5, atol=1e-4
+    )

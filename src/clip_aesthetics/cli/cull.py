@@ -11,7 +11,7 @@ from pathlib import Path
 import typer
 
 from .app import EXIT_NOTHING_DONE, app, console, fail, user_errors, warn
-from .options import BatchSize, Device, Precision, Pretrained, Workers
+from .options import BatchSize, Device, Precision, Pretrained, Workers, ZeroShotScore
 
 taste_app = typer.Typer(no_args_is_help=True, help="Learn your own taste from your ratings.")
 app.add_typer(taste_app, name="taste")
@@ -19,15 +19,17 @@ app.add_typer(taste_app, name="taste")
 MODEL_HELP = "Backbone: ViT-B-32, hf-hub:org/repo, local-dir:PATH (default: the scorer's)."
 
 
-def _scorer(scorer_file, model, pretrained, positive, negative, prompts, device):
+def _scorer(scorer_file, model, pretrained, positive, negative, prompts, device, zeroshot_score=None):
     """The scorer a command ranks with; it must score image embeddings (they are cached per shoot)."""
     from ..scoring import build_scorer
-    from .score import prompt_groups
+    from .score import check_zeroshot_score, prompt_groups
 
     groups = prompt_groups(positive, negative, prompts)
+    check_zeroshot_score(scorer_file, zeroshot_score)
     scorer = build_scorer(
-        scorer_file or "zeroshot", model=model, pretrained=pretrained, prompts=groups, device=device
-    )
+        scorer_file or "zeroshot", model=model, pretrained=pretrained, prompts=groups, device=device,
+        formula=zeroshot_score,
+    )  # fmt: skip
     if scorer.encoder_key() is None:  # its own encoder (a fine-tuned tower): the cached embeddings do not fit
         raise ValueError(
             f"{scorer.method} scorers work on pixels, not on image embeddings: cull with a zero-shot, probe, "
@@ -82,6 +84,7 @@ def cull(
     positive: list[str] = typer.Option(None, "--positive", help="Positive prompt text (repeatable)."),
     negative: list[str] = typer.Option(None, "--negative", help="Negative prompt text (repeatable)."),
     prompts: Path = typer.Option(None, help="JSON or YAML file with 'positive' and 'negative' lists."),
+    zeroshot_score: ZeroShotScore = None,
     batch_size: BatchSize = 32,
     workers: Workers = None,
     device: Device = "auto",
@@ -99,7 +102,7 @@ def cull(
         raise fail("--move moves the exported picks: add --export FOLDER")
     _check_export(export, folder, "--export")
     check_outputs(check_output_format(output), errors_path_for(output).with_suffix(".csv"))  # before work
-    scorer = _scorer(scorer_file, model, pretrained, positive, negative, prompts, device)
+    scorer = _scorer(scorer_file, model, pretrained, positive, negative, prompts, device, zeroshot_score)
     shoot = analyse_folder(
         folder, scorer.backbone, batch_size=batch_size, workers=workers, precision=precision
     )
@@ -150,6 +153,7 @@ def taste_fit(
     positive: list[str] = typer.Option(None, "--positive", help="Generic score: positive prompts."),
     negative: list[str] = typer.Option(None, "--negative", help="Generic score: negative prompts."),
     prompts: Path = typer.Option(None, help="Generic score: a prompts file."),
+    zeroshot_score: ZeroShotScore = None,
     batch_size: BatchSize = 32,
     workers: Workers = None,
     device: Device = "auto",
@@ -166,7 +170,7 @@ def taste_fit(
     if output.suffix != ".safetensors":
         raise fail(f"the taste head is a .safetensors scorer file, not {output.name!r}")
     check_outputs(output)
-    prior = _scorer(None, model, pretrained, positive, negative, prompts, device)
+    prior = _scorer(None, model, pretrained, positive, negative, prompts, device, zeroshot_score)
     csv_ratings = read_ratings_csv(ratings) if ratings else None
     paths, features = [], []
     for folder in folders:
@@ -218,6 +222,7 @@ def review_app(
     positive: list[str] = typer.Option(None, "--positive", help="Positive prompt text (repeatable)."),
     negative: list[str] = typer.Option(None, "--negative", help="Negative prompt text (repeatable)."),
     prompts: Path = typer.Option(None, help="JSON or YAML file with 'positive' and 'negative' lists."),
+    zeroshot_score: ZeroShotScore = None,
     batch_size: BatchSize = 32,
     workers: Workers = None,
     device: Device = "auto",
@@ -228,7 +233,7 @@ def review_app(
 
     from ..app.server import page_url, serve
     from ..app.session import ReviewSession
-    from .score import prompt_groups
+    from .score import check_zeroshot_score, prompt_groups
 
     if not folder.is_dir():
         raise fail(f"not a folder: {folder}")
@@ -240,9 +245,10 @@ def review_app(
     except OSError as exc:
         raise fail(f"cannot serve on {host}:{port} ({exc.strerror}): choose another --port") from None
     prompt_groups(positive, negative, prompts)  # a bad prompts file is a one-line error before serving
+    check_zeroshot_score(scorer_file, zeroshot_score)
 
     def scorer():  # in the background: the page is served while the model loads and encodes its prompts
-        return _scorer(scorer_file, model, pretrained, positive, negative, prompts, device)
+        return _scorer(scorer_file, model, pretrained, positive, negative, prompts, device, zeroshot_score)
 
     session = ReviewSession(
         folder, scorer, batch_size=batch_size, workers=workers, precision=precision, export_to=export_to
