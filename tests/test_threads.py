@@ -21,6 +21,7 @@ CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 def eight_cores(monkeypatch):
     """A machine of 8 cores with torch at its default of one thread per core (restored after)."""
     monkeypatch.setattr(image_pipeline, "usable_cores", lambda: 8)
+    monkeypatch.setattr(image_pipeline, "idle_cores", lambda: 8.0)  # nothing else running
     before = torch.get_num_threads()
     torch.set_num_threads(8)
     yield
@@ -34,13 +35,42 @@ def eight_cores(monkeypatch):
         (2, CPU, 6),
         (8, CPU, 1),  # at least one thread
         (12, CPU, 1),
-        (0, CPU, 8),  # decoding in this process takes turns with the model
+        (0, CPU, 8),  # decoding in this process (or encoding prompts) takes turns with the model
         (2, CUDA, 8),  # the model is on the GPU: its CPU threads are not the decoders' competition
         (2, None, 8),  # no model named (e.g. verifying a dataset)
     ],
 )
 def test_rule(eight_cores, workers: int, device, expected: int) -> None:
     assert model_threads(workers, device) == expected
+
+
+@pytest.mark.parametrize(
+    ("idle", "workers", "expected"), [(5.6, 2, 4), (1.3, 1, 1), (1.3, 0, 1), (0.0, 0, 1)]
+)
+def test_other_programs_take_their_cores_too(eight_cores, monkeypatch, idle, workers, expected) -> None:
+    monkeypatch.setattr(image_pipeline, "idle_cores", lambda: idle)
+    assert model_threads(workers, CPU) == expected
+
+
+def test_idle_cores_are_measured() -> None:
+    assert 0.0 <= image_pipeline.idle_cores() <= image_pipeline.usable_cores() + 0.01
+
+
+def test_prompts_encode_on_the_idle_cores(eight_cores, tiny_clip_spec: str, monkeypatch) -> None:
+    from clip_aesthetics.prompts import encode_texts
+
+    backbone = load_backbone(tiny_clip_spec, device="cpu")
+    monkeypatch.setattr(image_pipeline, "idle_cores", lambda: 1.2)  # another program holds 7 of 8 cores
+    seen: list[int] = []
+    hook = backbone.model.transformer.resblocks[0].register_forward_pre_hook(
+        lambda *_: seen.append(torch.get_num_threads())
+    )
+    try:
+        encode_texts(backbone, ["a good photo", "a picture of a dog"], use_cache=False)
+    finally:
+        hook.remove()
+    assert seen and set(seen) == {1}
+    assert torch.get_num_threads() == 8
 
 
 def test_never_more_than_the_users_setting(eight_cores) -> None:

@@ -193,12 +193,14 @@ class CausalTextTower:
 
     That holds for CLIP's text tower (and a ``CustomTextCLIP``'s ``TextTransformer``) with its causal mask
     and argmax/eos/first pooling: each position attends to earlier positions only, every other layer works
-    per token. :meth:`encode` repeats open_clip's ``encode_text`` on the first ``L`` tokens.
+    per token. :meth:`encode` repeats open_clip's ``encode_text`` on the first ``L`` tokens, and computes
+    the positions every text of a batch shares ("a outstanding picture of a ...") once.
     """
 
     tower: nn.Module  # holds token_embedding, positional_embedding, transformer, ln_final, text_projection
     pool_type: str
     eos_id: int | None
+    shares_prefix: bool = False  # standard blocks: a prefix common to the batch can be computed once
 
     def pool_index(self, tokens: torch.Tensor) -> torch.Tensor:
         """The position pooled from (open_clip's ``text_global_pool``): EOT (argmax), eos, or the first."""
@@ -211,15 +213,45 @@ class CausalTextTower:
     def encode(self, tokens: torch.Tensor) -> torch.Tensor:
         tower, index = self.tower, self.pool_index(tokens)
         length = int(index.max()) + 1 if len(tokens) else 1
+        tokens = tokens[:, :length]
         cast_dtype = tower.transformer.get_cast_dtype()
-        x = tower.token_embedding(tokens[:, :length]).to(cast_dtype)
-        x = x + tower.positional_embedding[:length].to(cast_dtype)
-        x = tower.transformer(x, attn_mask=tower.attn_mask[:length, :length])
+        x = tower.token_embedding(tokens).to(cast_dtype) + tower.positional_embedding[:length].to(cast_dtype)
+        mask = tower.attn_mask[:length, :length]
+        shared = _common_prefix(tokens) if self.shares_prefix else 0
+        if shared >= 2:  # "a outstanding picture of a": 6 of the default prompts' 9 tokens on average
+            x = _with_shared_prefix(tower.transformer.resblocks, x, mask, shared)
+        else:
+            x = tower.transformer(x, attn_mask=mask)
         x = tower.ln_final(x)[torch.arange(len(tokens), device=x.device), index]
         projection = tower.text_projection
         if projection is None:
             return x
         return projection(x) if isinstance(projection, nn.Linear) else x @ projection
+
+
+def _common_prefix(tokens: torch.Tensor) -> int:
+    """Leading positions where every row has the same token (at most all but the last position)."""
+    same = (tokens == tokens[:1]).all(dim=0).int()
+    return min(int(same.cumprod(dim=0).sum()), tokens.shape[1] - 1)
+
+
+def _with_shared_prefix(
+    blocks: nn.ModuleList, x: torch.Tensor, mask: torch.Tensor, shared: int
+) -> torch.Tensor:
+    """The transformer's output for a batch whose first ``shared`` positions are alike in every row.
+
+    Causal positions never see later ones, so the shared positions are computed once (batch of one); the
+    other positions take them as keys and values. Each step is ``ResidualAttentionBlock.forward``'s, with
+    queries from the rest only.
+    """
+    head, rest = x[:1, :shared], x[:, shared:]
+    for block in blocks:
+        keys = block.ln_1(torch.cat([head.expand(len(rest), -1, -1), rest], dim=1))
+        attended = block.attention(q_x=keys[:, shared:], k_x=keys, v_x=keys, attn_mask=mask[shared:])
+        rest = rest + block.ls_1(attended)
+        rest = rest + block.ls_2(block.mlp(block.ln_2(rest)))
+        head = block(head, attn_mask=mask[:shared, :shared])
+    return torch.cat([head.expand(len(rest), -1, -1), rest], dim=1)
 
 
 _PER_TOKEN_BLOCKS = (
@@ -252,7 +284,11 @@ def causal_text_tower(model: nn.Module) -> CausalTextTower | None:
         or not _is_causal_mask(tower.attn_mask)
     ):
         return None
-    return CausalTextTower(tower, pool_type, eos_id)
+    standard = type(tower.transformer) is layers.Transformer and tower.transformer.batch_first
+    standard = standard and all(
+        type(block) is layers.ResidualAttentionBlock and not hasattr(block, "ln_1_kv") for block in blocks
+    )
+    return CausalTextTower(tower, pool_type, eos_id, shares_prefix=standard)
 
 
 def _is_causal_mask(mask: torch.Tensor | None) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import os
 import signal
+import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -366,16 +367,48 @@ def usable_cores() -> int:
 def model_threads(workers: int, device: torch.device | None = None) -> int:
     """Torch threads for a CPU model while ``workers`` decoding processes share its cores.
 
-    The rule: the cores the workers leave, at least one, never more than torch already uses (a setting of
-    the user's, ``OMP_NUM_THREADS`` or a Ray actor's CPUs). Threads beyond the free cores make torch's
-    threads wait for each other whenever a decoder holds a core (measured in docs/benchmarks.md). A GPU
-    model, no model named (``device=None``), or decoding in this process (``workers=0``, which takes turns
-    with the model) keeps the current setting.
+    The rule: the cores that neither the workers nor other programs are using, at least one, never more
+    than torch already uses (a setting of the user's, ``OMP_NUM_THREADS`` or a Ray actor's CPUs). Torch's
+    threads wait for each other at every operation, so one thread waiting for a core stalls them all:
+    on this project's 2-core machine, two threads beside a busy core were several times slower than one
+    (docs/benchmarks.md). Other programs are seen by sampling idle time (:func:`idle_cores`), only when
+    more than one thread is possible. A GPU model or no model named (``device=None``) keeps the setting.
     """
     current = torch.get_num_threads()
-    if workers <= 0 or device is None or device.type != "cpu":
+    if device is None or device.type != "cpu":
         return current
-    return max(1, min(current, usable_cores() - workers))
+    threads = max(1, min(current, usable_cores() - workers))
+    if threads > 1:
+        threads = max(1, min(threads, round(idle_cores()) - workers))
+    return threads
+
+
+def idle_cores(interval: float = 0.1) -> float:
+    """How many of this process's cores sat idle over the next ``interval`` seconds (``/proc/stat``, Linux;
+    elsewhere all of them are taken as free)."""
+    cpus = {f"cpu{n}" for n in os.sched_getaffinity(0)} if hasattr(os, "sched_getaffinity") else set()
+    try:
+        idle_before, total_before = _cpu_ticks(cpus)
+        time.sleep(interval)
+        idle_after, total_after = _cpu_ticks(cpus)
+    except (OSError, ValueError):
+        return float(usable_cores())
+    elapsed = total_after - total_before
+    return len(cpus) * (idle_after - idle_before) / elapsed if elapsed > 0 else float(len(cpus))
+
+
+def _cpu_ticks(cpus: set[str]) -> tuple[int, int]:
+    """Idle (idle + iowait) and total ticks of ``cpus`` so far; total without guest time (inside user)."""
+    idle = total = 0
+    with open("/proc/stat", encoding="ascii") as handle:
+        for line in handle:
+            name, *fields = line.split()
+            if name in cpus:
+                ticks = [int(f) for f in fields[:8]]  # user nice system idle iowait irq softirq steal
+                idle, total = idle + ticks[3] + ticks[4], total + sum(ticks)
+    if not total:
+        raise ValueError("no CPU lines in /proc/stat")
+    return idle, total
 
 
 @contextmanager
@@ -466,11 +499,9 @@ def iter_batches(
         worker_init_fn=_init_worker if workers else None,
         prefetch_factor=4 if workers else None,
     )
-    batches = (_finish_on_device(b, sources, cfg, device) for b in loader) if on_device else iter(loader)
-    with (
-        progress_bar(len(sources), description, progress) as advance,
-        threads_beside_workers(workers, device),
-    ):
-        for batch in batches:
-            yield batch
-            advance(len(batch.indices) + len(batch.errors))
+    with threads_beside_workers(workers, device):  # measured before our workers start: they are not others
+        batches = (_finish_on_device(b, sources, cfg, device) for b in loader) if on_device else iter(loader)
+        with progress_bar(len(sources), description, progress) as advance:
+            for batch in batches:
+                yield batch
+                advance(len(batch.indices) + len(batch.errors))

@@ -212,6 +212,7 @@ def encode_texts(
     from .scorers.base import resolve_precision
 
     precision = resolve_precision(backbone.device, precision, cpu_bf16=True)
+    use_cache = use_cache and not backbone.weights_id.endswith(":random")  # drawn anew by each load
     identity = [backbone.weights_id, backbone.spec, backbone.uses_quick_gelu, precision, "unnormalised"]
     key = hashlib.sha256(json.dumps([*identity, list(texts)]).encode()).hexdigest()
     path = cache_dir() / "text" / f"{key[:32]}.safetensors"
@@ -238,12 +239,16 @@ def _encode_by_length(backbone, texts, batch_size: int, precision: str) -> torch
     The tower runs each batch up to its longest text (``Backbone.encode_text``), so sorting by length
     leaves little padding: the 2 x 1,000 default prompts average 9 of 77 tokens.
     """
+    from .images import threads_beside_workers
     from .scorers.base import autocast
 
     tokens = backbone.tokenize(list(texts))
     order = backbone.text_lengths(tokens).argsort(stable=True)
     chunks = []
-    with progress_bar(len(texts), "encoding prompts (cached after)") as advance:
+    with (
+        threads_beside_workers(0, backbone.device),  # no more threads than idle cores
+        progress_bar(len(texts), "encoding prompts (cached after)") as advance,
+    ):
         for start in range(0, len(texts), batch_size):
             batch = tokens[order[start : start + batch_size]]
             with autocast(backbone.device, precision):

@@ -168,6 +168,8 @@ def _same_text_tower(described: dict, backbone: Backbone) -> bool:
     so that its tensors stand for the prompts; otherwise they are encoded again (a ``.json`` file, or a
     file put on other weights with ``load_scorer(path, backbone=...)``)."""
     mine = backbone.describe()
+    if mine["weights_id"].endswith(":random"):  # random weights are drawn anew by every load
+        return False
     return all(described.get(k) == mine[k] for k in ("model", "weights_id", "quick_gelu"))
 
 
