@@ -234,3 +234,26 @@ def test_files_from_a_list_or_stdin(old_photos: Path, tmp_path: Path, tiny_clip_
     assert result.exit_code == 0, result.output
     assert sorted(r["path"] for r in read_csv(stdin_out)) == sorted(names[:2])
     assert [r["path"] for r in read_csv(tmp_path / "stdin.errors.csv")] == [names[2]]
+
+
+def test_changed_input_in_a_finished_part_keeps_the_other_embeddings(
+    old_photos: Path, tmp_path: Path, tiny_clip_spec: str, monkeypatch
+) -> None:
+    from test_score_run import _failing_after
+
+    out = tmp_path / "ranked.parquet"
+    args = score_args(old_photos, tiny_clip_spec, out, "--embeddings")
+    monkeypatch.setattr(scoring, "iter_scored", _failing_after(5))  # parts 0 and 1 finished
+    assert run(*args).exit_code != 0
+    monkeypatch.undo()
+    changed = find_images([old_photos])[3]  # part 0, second batch: the first batch's rows are kept
+    photo(77).save(changed, format="PNG" if changed.suffix == ".png" else "JPEG")
+    counted = counting_iter_scored(monkeypatch)
+    assert run(*args).exit_code == 0
+    assert sum(counted) == (15 - 8) + 2
+    monkeypatch.undo()
+    fresh = tmp_path / "fresh.parquet"
+    assert run(*score_args(old_photos, tiny_clip_spec, fresh, "--embeddings")).exit_code == 0
+    assert pq.read_table(out).equals(pq.read_table(fresh))
+    stored, expected = (pq.read_table(tmp_path / f"{n}.embeddings.parquet") for n in ("ranked", "fresh"))
+    assert stored.to_pylist() == expected.to_pylist()
