@@ -119,3 +119,23 @@ def test_a_wildcard_host_answers_requests_to_this_machines_addresses(photo_dir: 
         assert request(port, "GET", "/api/status", host=f"192.168.1.20:{port}")[0] == 200
         assert request(port, "GET", "/api/status", host=f"10.0.0.7:{port}")[0] == 400
         assert request(port, "GET", "/api/status", host=f"localhost:{port}")[0] == 200
+
+
+def test_the_app_command_serves_before_building_the_scorer(
+    photo_dir: Path, tiny_clip_spec: str, monkeypatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from clip_aesthetics.app import server as server_module
+    from clip_aesthetics.cli import app
+    from test_cli_score import PROMPT_ARGS
+
+    served = []
+    monkeypatch.setattr(server_module, "serve", lambda session, host, port: served.append(session))
+    args = ["app", str(photo_dir), "--port", str(free_port()), "--model", tiny_clip_spec, *PROMPT_ARGS]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    session = served[0]
+    assert session.scorer is None and session.status["state"] == "starting"  # nothing loaded before serving
+    session._analyse()  # what the background thread does
+    assert session.status["state"] == "ready" and session.scorer.method == "zeroshot"

@@ -185,3 +185,16 @@ def test_export_goes_only_to_the_folder_given_at_launch(photo_dir: Path, scorer,
         p.relative_to(tmp_path / "picks").as_posix() for p in (tmp_path / "picks").rglob("*") if p.is_file()
     }
     assert {"img1.jpg", "img1.jpg.xmp"} <= exported and done["picks"] >= 1
+
+
+def test_a_non_finite_rating_fails_one_photo_not_the_analysis(photo_dir: Path, scorer) -> None:
+    (photo_dir / "img1.jpg.xmp").write_text(
+        '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+        '<rdf:Description xmlns:xmp="http://ns.adobe.com/xap/1.0/"'
+        ' xmp:Rating="Infinity"/></rdf:RDF></x:xmpmeta>',
+        encoding="utf-8",
+    )
+    session, _ = analysed(photo_dir, scorer)
+    assert session.status["state"] == "ready"
+    listed = session.photos()["sidecar_errors"]
+    assert [e["path"] for e in listed] == ["img1.jpg"] and "img1.jpg.xmp" in listed[0]["error"]

@@ -108,7 +108,8 @@ def test_taste_fit_command_writes_a_scorer_for_score(tmp_path: Path, tiny_clip_s
             path.with_suffix(".xmp").write_text(
                 '<x:xmpmeta xmlns:x="adobe:ns:meta/">'
                 '<rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
-                f'<rdf:Description xmlns:xmp="http://ns.adobe.com/xap/1.0/" xmp:Rating="{stars}"/>'
+                '<rdf:Description xmlns:xmp="http://ns.adobe.com/xap/1.0/"'
+                f' xmp:Rating="{stars}"/>'
                 "</rdf:RDF></x:xmpmeta>"
             )
         else:
@@ -151,9 +152,20 @@ def test_ratings_from_csv_before_sidecars_and_broken_sidecars_reported(tmp_path:
     write_labels(paths[1], Labels(-1, 1))  # a reject counts as 0 stars
     write_labels(paths[2], Labels(2, None))
     (tmp_path / "d.jpg.xmp").write_text("<broken", encoding="utf-8")
-    stars, problems, sources = ratings_for(paths, {str(paths[2]): 5.0})
-    assert stars == [4.0, 0.0, 5.0, None]
-    assert len(problems) == 1 and "d.jpg.xmp" in problems[0]
+    infinite = tmp_path / "e.jpg"
+    (tmp_path / "e.jpg.xmp").write_text(
+        '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+        '<rdf:Description xmlns:xmp="http://ns.adobe.com/xap/1.0/"'
+        ' xmp:Rating="1e999"/></rdf:RDF></x:xmpmeta>',
+        encoding="utf-8",
+    )
+    stars, problems, sources = ratings_for([*paths, infinite], {str(paths[2]): 5.0})
+    assert stars == [4.0, 0.0, 5.0, None, None]
+    assert (
+        len(problems) == 2
+        and "d.jpg.xmp" in problems[0]
+        and "e.jpg.xmp: xmp:Rating is '1e999'" in problems[1]
+    )
     assert sources == {"sidecar": 2, "csv": 1}
 
 
