@@ -128,3 +128,18 @@ def test_embed_takes_the_split_files(ava: Path, tmp_path: Path, tiny_clip_spec: 
     assert set(features.select("test").ids) == set(ids[:6])
     assert set(features.select("train", "val").ids) == set(ids[6:30])
     assert len(features.select("val")) == round(0.2 * 24)  # the authors' carve-out: 20% of train
+
+
+def test_reproduce_takes_the_files_under_either_recipe_and_refuses_them_with_another_kind(
+    tmp_path: Path,
+) -> None:
+    from clip_aesthetics.reproduce import ReproduceConfig
+
+    folder = tmp_path / "split"
+    for recipe in ("paper", "improved"):
+        config = ReproduceConfig(
+            ava=str(tmp_path), out=str(tmp_path / "o"), recipe=recipe, split_file=str(folder)
+        )
+        assert config.split_spec()[0] == f"file:{folder.resolve()}"
+    with pytest.raises(ValueError, match="--split-file is read with --split-kind file"):
+        ReproduceConfig(ava=str(tmp_path), out=str(tmp_path / "o"), split="official", split_file=str(folder))

@@ -137,7 +137,7 @@ class ReproduceConfig:
             raise ValueError(f"--zeroshot-score must be {' or '.join(FORMULAS)}, not {self.zeroshot_score!r}")
         if len(self.imagenet_pretrained) > len(self.imagenet_models):
             raise ValueError("--imagenet-pretrained is given once per --imagenet-model, in the same order")
-        split_kind(self.split_kind, self.split_file if self.split_kind == "file" else None)  # checks the pair
+        split_kind(self.split_kind, self.split_file)  # --split-file with another kind is refused
 
     @property
     def settings(self) -> Recipe:
@@ -145,17 +145,17 @@ class ReproduceConfig:
 
     @property
     def split_kind(self) -> str:
-        """official, random or file: the recipe's choice unless given (paper: the files when given)."""
+        """official, random or file: as given, the files when given, else the recipe's choice."""
         if self.split is not None:
             return self.split
-        if self.recipe == "paper":
-            return "file" if self.split_file else "random"
-        return "official"
+        if self.split_file is not None:
+            return "file"
+        return "random" if self.recipe == "paper" else "official"
 
     def split_spec(self) -> tuple[str, tuple[float, float, float], int | None]:
         """(kind as the loaders take it, random fractions, seed): the paper's random split has the authors'
         proportions (test 10%, validation 20% of the rest) and seed 42."""
-        kind = split_kind(self.split_kind, self.split_file if self.split_kind == "file" else None)
+        kind = split_kind(self.split_kind, self.split_file)
         authors = self.recipe == "paper" and kind == "random"
         fractions = AUTHORS_FRACTIONS if authors else (0.8, 0.1, 0.1)
         seed = self.seed if self.seed is not None else (AUTHORS_SEED if authors else None)
