@@ -21,6 +21,7 @@ import socket
 import sys
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -42,6 +43,28 @@ def _read_and_decode(
         yield decode_row(row, cfg, max_pixels, draft_size)
 
 
+@dataclass(frozen=True)
+class SavedHead:
+    """A head as the driver built it (its config and tensors, e.g. the encoded prompt groups): each actor puts
+    it on a backbone it loads itself, so no actor re-encodes prompts and all score with the same head."""
+
+    config: dict
+    tensors: dict
+
+    @classmethod
+    def of(cls, scorer) -> SavedHead | None:
+        """The head of ``scorer`` when it is small (not a fine-tuned tower); None otherwise."""
+        if getattr(type(scorer), "holds_tower_weights", False):
+            return None
+        return cls(scorer.config(), {name: t.detach().cpu() for name, t in scorer.tensors().items()})
+
+    def build(self, device: str | None = None):
+        from ..scorers.registry import backbone_for, scorer_class
+
+        cls = scorer_class(self.config.get("method"))
+        return cls.from_saved(self.config, self.tensors, backbone_for(self.config, device)).eval()
+
+
 class ScorerActor:
     """One model copy per actor, built once; scores decoded batches into tables of the run's fixed schema."""
 
@@ -51,7 +74,7 @@ class ScorerActor:
         from .writer import scorer_identity
 
         torch.set_num_threads(threads)  # the CPUs this actor holds, no more (the read tasks use the rest)
-        scorer = source.build(device) if isinstance(source, ScorerRecipe) else source
+        scorer = source.build(device) if isinstance(source, ScorerRecipe | SavedHead) else source
         if scorer_identity(scorer, embeddings) != identity:  # e.g. other weights on this node
             raise RuntimeError("a Ray worker built a different scorer than the driver (weights differ?)")
         self.score = BatchScorer(scorer, precision, embeddings)
@@ -261,7 +284,7 @@ def run_ray(recipe, scorer, run, options: EngineOptions, indexed: list[tuple[int
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=actors),
             fn_constructor_kwargs={
-                "source": recipe,
+                "source": (SavedHead.of(scorer) or recipe) if isinstance(recipe, ScorerRecipe) else recipe,
                 "identity": run.scorer_id,
                 "precision": run.settings["precision"],
                 "embeddings": options.embeddings,
