@@ -278,13 +278,14 @@ class Study:
             getattr(self, f"_{step}")()
         return self.results
 
-    def _backbone(self, model: str, pretrained: str | None, preprocess=None):
-        key = (model, pretrained, preprocess)
-        if key not in self._backbones:
-            self._backbones[key] = load_backbone(
+    def _backbone(self, model: str, pretrained: str | None):
+        """The loaded backbone, with the recipe's preprocessing (MIIL's ResNet-50 under the paper's)."""
+        if (model, pretrained) not in self._backbones:
+            preprocess = self._preprocess(model, pretrained)
+            self._backbones[model, pretrained] = load_backbone(
                 model, pretrained, device=self.config.device, preprocess=preprocess
             )
-        return self._backbones[key]
+        return self._backbones[model, pretrained]
 
     def _preprocess(self, model: str, pretrained: str | None):
         """timm's default configuration for the MIIL ResNet-50 under the paper's recipe (as the authors)."""
@@ -295,7 +296,7 @@ class Study:
 
     def _identity(self, model: str, pretrained: str | None) -> dict:
         """The backbone as the user gave it, and the identity of its weights' content."""
-        backbone = self._backbone(model, pretrained, self._preprocess(model, pretrained))
+        backbone = self._backbone(model, pretrained)
         return {
             "model": model,
             "pretrained": pretrained,
@@ -307,7 +308,7 @@ class Study:
         """The weights a row stands for: recognised published weights, the MIIL file, or the spec."""
         if pretrained is not None and pretrained == self.config.miil_weights:
             return MIIL_IDENTITY
-        known = self._backbone(model, pretrained, self._preprocess(model, pretrained)).known_weights
+        known = self._backbone(model, pretrained).known_weights
         if known:
             return known
         if pretrained is None and not model.startswith(("timm:", "hf-hub:", "local-dir:")):
@@ -315,7 +316,7 @@ class Study:
         return model if pretrained is None else f"{model}:{pretrained}"
 
     def _precision(self, model: str, pretrained: str | None) -> str:
-        device = self._backbone(model, pretrained, self._preprocess(model, pretrained)).device
+        device = self._backbone(model, pretrained).device
         return resolve_precision(device, self.config.run_precision)
 
     def _departures(self, kind: str, model: str, pretrained: str | None) -> list[str]:
@@ -398,7 +399,6 @@ class Study:
 
     def _features(self, model: str, pretrained: str | None) -> tuple[Path, dict]:
         c = self.config
-        preprocess = self._preprocess(model, pretrained)
         cache = self.out / f"features-{_slug(model)}"
         wanted = {
             **self.split_provenance,
@@ -412,7 +412,7 @@ class Study:
         self.log(f"embedding with {model} into {cache}")
         spec = DatasetSpec("ava", c.ava, split=self.split_kind, fractions=self.fractions, seed=self.seed)
         embed_dataset(
-            spec, self._backbone(model, pretrained, preprocess), cache, batch_size=c.batch_size,
+            spec, self._backbone(model, pretrained), cache, batch_size=c.batch_size,
             workers=c.workers, precision=c.run_precision, decode=DECODE, progress=False,
         )  # fmt: skip
         return cache, wanted
