@@ -186,7 +186,10 @@ def test_help_loupe_and_compare(browser, server: int, shoot: Path) -> None:  # n
     wait_until(page, "document.getElementById('large').naturalWidth === 360")
     page.keyboard.press("z")
     page.keyboard.press("c")  # compare: two frames side by side
-    assert page.is_visible("#other") and " | " in page.text_content("#large-name")
+    wait_until(
+        page, "!document.getElementById('other').hidden && document.getElementById('other').naturalWidth > 0"
+    )
+    assert " | " in page.text_content("#large-name")
     page.keyboard.press("Escape")
     assert problems == []
     page.close()
@@ -198,4 +201,43 @@ def test_a_rating_on_a_pair_goes_to_the_raw_files_sidecar(browser, server: int, 
     press(page, "5")
     assert fields(shoot / "pair.dng.xmp") == ("5", None)
     assert not (shoot / "pair.jpg.xmp").exists()
+    page.close()
+
+
+def test_photos_show_while_the_shoot_is_analysed(browser, server: int) -> None:  # noqa: F811
+    """While the status says "analysing", the page shows the photos analysed so far under the progress bar."""
+    so_far = photos(server)
+    so_far["groups"], so_far["provisional"] = so_far["groups"][:3], True
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    polls_left = [12]  # the status says "analysing" this many times, then the real server answers
+
+    def analysing(route) -> None:
+        if polls_left[0] <= 0:
+            route.continue_()
+            return
+        polls_left[0] -= 1
+        body = {
+            "state": "analysing",
+            "phase": "analysing",
+            "done": 3,
+            "total": 18,
+            "error": None,
+            "folder": "s",
+        }
+        route.fulfill(status=200, content_type="application/json", body=json.dumps(body))
+
+    def photos_so_far(route) -> None:
+        if polls_left[0] > 0:
+            route.fulfill(status=200, content_type="application/json", body=json.dumps(so_far))
+        else:
+            route.continue_()
+
+    page.route("**/api/status", analysing)
+    page.route("**/api/photos", photos_so_far)
+    page.goto(f"http://127.0.0.1:{server}/")
+    page.wait_for_selector("#progress:not([hidden])")
+    wait_until(page, "document.querySelectorAll('.card').length === 3")
+    assert page.is_visible("#progress")  # still analysing, photos already there
+    wait_until(page, "document.getElementById('progress').hidden", 30)
+    assert len(card_paths(page)) > 3
     page.close()

@@ -198,3 +198,19 @@ def test_a_non_finite_rating_fails_one_photo_not_the_analysis(photo_dir: Path, s
     assert session.status["state"] == "ready"
     listed = session.photos()["sidecar_errors"]
     assert [e["path"] for e in listed] == ["img1.jpg"] and "img1.jpg.xmp" in listed[0]["error"]
+
+
+def test_photos_appear_while_the_shoot_is_analysed(photo_dir: Path, scorer, monkeypatch) -> None:
+    from clip_aesthetics.culling import shoot as shoot_module
+
+    monkeypatch.setattr(shoot_module, "PARTIAL_EVERY", 0.0)  # hand over every batch
+    session = ReviewSession(photo_dir, scorer, workers=0, batch_size=3)
+    seen = []
+    original = session._partial
+    session._partial = lambda shoot: (original(shoot), seen.append(session.photos()))
+    session._analyse()
+    counts = [sum(len(g["frames"]) for g in listing["groups"]) for listing in seen]
+    assert counts == [0, 3, 6, 8] and all(listing["provisional"] for listing in seen)
+    scores = [g["frames"][0]["score"] for g in seen[-1]["groups"]]
+    assert scores == sorted(scores, reverse=True)  # best first already
+    assert session.photos()["provisional"] is False

@@ -13,6 +13,7 @@ so that the server answers within a second or two of launch.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
 import warnings
@@ -54,6 +55,9 @@ class ReviewSession:
         self.options = {"batch_size": batch_size, "workers": workers, "precision": precision}
         self.status = {"state": "starting", "phase": "starting", "done": 0, "total": 0, "error": None}
         self.shoot = None
+        self.partial = None  # the photos analysed so far, until the shoot is
+        self.partial_index: dict[str, int] = {}
+        self._seen: dict[str, Labels] = {}  # labels of the photos shown while analysing
         self.labels: dict[str, Labels] = {}
         self.label_errors: dict[str, str] = {}
         self.rows: list[dict] = []
@@ -86,7 +90,11 @@ class ReviewSession:
 
             self.status.update(state="analysing", phase="looking for photos")
             shoot = analyse_folder(
-                self.root, self.scorer.backbone, on_progress=self._progress, **self.options
+                self.root,
+                self.scorer.backbone,
+                on_progress=self._progress,
+                on_partial=self._partial,
+                **self.options,
             )
             labels, errors = {}, {}
             for i, frame in enumerate(shoot.frames):
@@ -106,10 +114,61 @@ class ReviewSession:
             self.status.update(state="failed", phase="failed", error=f"{type(exc).__name__}: {exc}")
             print(f"error: the analysis failed: {self.status['error']}", file=sys.stderr, flush=True)
 
-    def _scores(self, scorer) -> np.ndarray:
+    def _partial(self, shoot) -> None:
+        """The photos analysed so far: shown (by score, not yet grouped) while the rest is analysed."""
+        with self.lock:
+            self.partial = shoot
+            self.partial_index = {f["rel"]: i for i, f in enumerate(shoot.frames)}
+
+    def _provisional(self) -> dict:
+        """The page's list while the shoot is analysed: every photo so far, by score, each on its own."""
+        shoot = self.partial
+        scores = self._scores(self.scorer, shoot)
+        groups = []
+        for i in np.argsort(-scores, kind="stable"):
+            frame = shoot.frames[i]
+            labels = self._seen.get(frame["rel"])
+            if labels is None:  # read once: the page asks every few seconds
+                labels = Labels()
+                with contextlib.suppress(XmpError):
+                    labels = read_labels(shoot.path(i))
+                self._seen[frame["rel"]] = labels
+            groups.append(
+                {
+                    "group": len(groups) + 1,
+                    "stack": -1 - int(i),
+                    "frames": [
+                        {
+                            "path": frame["rel"],
+                            "raw": None,
+                            "thumb": frame["thumb"],
+                            "score": round(float(scores[i]), 4),
+                            "proposed_stars": 0,
+                            "best": True,
+                            "sharpness": round(frame["sharpness"], 3),
+                            "flags": [],
+                            "capture_time": frame["time_text"],
+                            **labels.to_dict(),
+                            "sidecar_error": None,
+                        }
+                    ],
+                }
+            )
+        errors = [{"path": e["rel"], "error": e["error"]} for e in shoot.errors]
+        return {
+            "groups": groups,
+            "errors": errors,
+            "sidecar_errors": [],
+            "scorer": self.scorer.method,
+            "taste": None,
+            "provisional": True,
+        }
+
+    def _scores(self, scorer, shoot=None) -> np.ndarray:
         import torch
 
-        return scorer.score_features(torch.from_numpy(self.shoot.features)).score.numpy().astype(float)
+        features = (shoot or self.shoot).features
+        return scorer.score_features(torch.from_numpy(features)).score.numpy().astype(float)
 
     def _rank(self) -> None:
         from ..culling.cull import cull_rows
@@ -128,6 +187,8 @@ class ReviewSession:
         """Groups in rank order, each frame with its score, checks and labels; files and sidecars that
         could not be read."""
         with self.lock:
+            if self.shoot is None and self.partial is not None and self.scorer is not None:
+                return self._provisional()
             shoot = self._ready()
             groups: list[dict] = []
             for row in self.rows:
@@ -159,6 +220,7 @@ class ReviewSession:
                 "sidecar_errors": sidecars,
                 "scorer": self.scorer.method,
                 "taste": self.taste,
+                "provisional": False,
             }
 
     def frame(self, rel: str) -> dict | None:
@@ -166,11 +228,15 @@ class ReviewSession:
         from ..culling.shoot import inside
 
         with self.lock:
-            if self.shoot is None or rel not in self.index:
+            if self.shoot is not None:
+                shoot, index = self.shoot, self.index
+            elif self.partial is not None:  # thumbnails while the rest is analysed
+                shoot, index = self.partial, self.partial_index
+            else:
                 return None
-            if not inside(self.root, self.root / rel):  # replaced by a link leading out since the scan
+            if rel not in index or not inside(self.root, self.root / rel):  # e.g. now a link leading out
                 return None
-            return self.shoot.frames[self.index[rel]]
+            return shoot.frames[index[rel]]
 
     # --- review --------------------------------------------------------------------------------------
     def label(self, rel: str, action: str, stars: int | None = None) -> dict:
@@ -178,6 +244,7 @@ class ReviewSession:
         if action not in ACTIONS:
             raise ValueError(f"unknown action {action!r} (choose {', '.join(ACTIONS)})")
         with self.lock:
+            self._ready()  # the keys work once the shoot is analysed (its stacks and pairs known)
             current = self._current(rel)
             if action == "stars":
                 new = with_stars(current, int(stars if stars is not None else -1))
@@ -197,6 +264,7 @@ class ReviewSession:
 
     def _step(self, source: list, target: list, *, before: bool) -> dict:
         with self.lock:
+            self._ready()
             if not source:
                 return {"path": None}
             rel, old, new = source.pop()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,7 @@ from .technical import SHARPNESS_SCALE, technical, tone_signature
 
 THUMB_SIZE = 384  # long side of grid thumbnails, pixels
 CHECKPOINT_EVERY = 2048  # photos between cache saves
+PARTIAL_EVERY = 2.0  # seconds between the photos-so-far handed to a page
 CACHE_VERSION = 1
 
 
@@ -141,8 +143,13 @@ def analyse_folder(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     progress: bool | None = None,
     on_progress: Callable[[int, int], None] | None = None,
+    on_partial: Callable[[Shoot], None] | None = None,
 ) -> Shoot:
-    """Analyse every photo of ``folder`` not in its cache yet; return the whole shoot."""
+    """Analyse every photo of ``folder`` not in its cache yet; return the whole shoot.
+
+    ``on_partial`` receives the photos analysed so far (a copy, in no particular order) at most every
+    :data:`PARTIAL_EVERY` seconds, so that a page can show them while the rest is analysed.
+    """
     root = Path(folder)
     if not root.is_dir():
         raise NotADirectoryError(f"not a folder: {root}")
@@ -164,9 +171,21 @@ def analyse_folder(
     if on_progress:
         on_progress(len(files) - len(todo), len(files))
     state = Shoot(root, cache, frames, _stack(rows, backbone.feature_dim), errors)
+    partial = _Partial(on_partial)
+    partial(state, [], force=True)  # the cached photos, at once
     if todo:
         _embed(
-            state, todo, backbone, batch_size, workers, precision, max_pixels, progress, on_progress, files
+            state,
+            todo,
+            backbone,
+            batch_size,
+            workers,
+            precision,
+            max_pixels,
+            progress,
+            on_progress,
+            files,
+            partial,
         )
     if todo or len(known) + len(known_errors) > len(frames) + len(errors):  # new photos, or some gone
         _save_cache(state, backbone)
@@ -178,7 +197,23 @@ def analyse_folder(
     return _in_order(state, files)
 
 
-def _embed(state, todo, backbone, batch_size, workers, precision, max_pixels, progress, on_progress, files):
+class _Partial:
+    """Hands the photos analysed so far to a callback, at most every :data:`PARTIAL_EVERY` seconds."""
+
+    def __init__(self, callback: Callable[[Shoot], None] | None) -> None:
+        self.callback, self.last = callback, float("-inf")
+
+    def __call__(self, state: Shoot, new_rows: list[np.ndarray], force: bool = False) -> None:
+        if self.callback is None or (not force and time.monotonic() - self.last < PARTIAL_EVERY):
+            return
+        self.last = time.monotonic()
+        features = _merged(state.features, new_rows)
+        self.callback(Shoot(state.root, state.cache, list(state.frames), features, list(state.errors)))
+
+
+def _embed(
+    state, todo, backbone, batch_size, workers, precision, max_pixels, progress, on_progress, files, partial
+):
     """Decode, analyse and embed ``todo`` in batches, appending to ``state`` and saving it as it goes."""
     analysis = FrameAnalysis(state.root, state.cache / "thumbs")
     new_rows, since_save = [], 0
@@ -211,6 +246,7 @@ def _embed(state, todo, backbone, batch_size, workers, precision, max_pixels, pr
             _save_cache(state, backbone)
         if on_progress:
             on_progress(len(state.frames) + len(state.errors), len(files))
+        partial(state, new_rows)
     state.features = _merged(state.features, new_rows)
 
 

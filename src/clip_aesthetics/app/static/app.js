@@ -25,6 +25,7 @@ function urlPath(path) { return path.split("/").map(encodeURIComponent).join("/"
 
 // --- loading -------------------------------------------------------------------------------------
 async function boot() {
+  let shownAt = 0;
   for (;;) {
     const status = await api("/api/status");
     $("folder").textContent = status.folder;
@@ -36,12 +37,28 @@ async function boot() {
     $("progress-bar").max = Math.max(1, status.total);
     $("progress-bar").value = status.done;
     $("progress-text").textContent = status.state === "analysing" && status.total
-      ? `Analysing the shoot: ${status.done} of ${status.total} photos`
+      ? `Analysing the shoot: ${status.done} of ${status.total} photos (the keys work once it is done)`
       : `Getting ready: ${status.phase}…`;
+    if (status.state === "analysing" && status.done > 0 && Date.now() - shownAt > 2000) {
+      shownAt = Date.now();
+      await showSoFar();
+    }
     await new Promise((resolve) => setTimeout(resolve, 300));
   }
   $("progress").hidden = true;
+  say("");
   await load();
+}
+
+// While the shoot is analysed: the photos so far, by score (stacks come when the analysis is done).
+async function showSoFar() {
+  try {
+    const data = await api("/api/photos");
+    if (!data.provisional) return;
+    state.groups = data.groups;
+    say(`${data.groups.length} photos analysed so far, best first`);
+    refresh();
+  } catch (error) { /* not analysed far enough yet */ }
 }
 
 async function load() {
