@@ -128,6 +128,7 @@ ZERO_SHOT_PROMPTS = {  # the paper's configurations: positive and negative texts
 }
 
 
+@pytest.mark.slow  # one reproduce run (about 30 s) shared by the module
 @pytest.mark.parametrize("variant", sorted(ZERO_SHOT_PROMPTS))
 def test_zero_shot_rows_equal_the_authors_formula(study: Path, tiny_clip_spec: str, variant: str) -> None:
     name = next(n for n in _rows(study) if variant in n and "authors score" in n)
@@ -146,6 +147,7 @@ def test_zero_shot_rows_equal_the_authors_formula(study: Path, tiny_clip_spec: s
     assert row["accuracy"] == pytest.approx(np.mean((raw > 0) == (true > 5)), abs=1e-12)
 
 
+@pytest.mark.slow  # one reproduce run (about 30 s) shared by the module
 def test_content_mode_row_equals_the_argmax_over_all_prompts(study: Path, tiny_clip_spec: str) -> None:
     name = next(n for n in _rows(study) if "content mode" in n)
     row, predictions = _rows(study)[name], _predictions(study, name)
@@ -162,6 +164,7 @@ def test_content_mode_row_equals_the_argmax_over_all_prompts(study: Path, tiny_c
     assert row["srcc"] == pytest.approx(stats.spearmanr(raw, true).statistic, abs=1e-6)
 
 
+@pytest.mark.slow  # one reproduce run (about 30 s) shared by the module
 def test_cosine_row_is_the_projects_own_formula(study: Path, tiny_clip_spec: str) -> None:
     name = next(n for n in _rows(study) if "cosine score" in n)
     predictions = _predictions(study, name)
@@ -177,6 +180,7 @@ def test_cosine_row_is_the_projects_own_formula(study: Path, tiny_clip_spec: str
     )
 
 
+@pytest.mark.slow  # one reproduce run (about 30 s) shared by the module
 @pytest.mark.parametrize("model", ["tiny-clip", "timm_test_vit"])
 def test_probe_is_a_scaler_and_ols_on_the_whole_training_file(study: Path, model: str) -> None:
     from clip_aesthetics.features.cache import load_features  # reads the cached features (the inputs)
@@ -219,6 +223,7 @@ def test_split_has_the_authors_proportions() -> None:
     assert val == pytest.approx(0.2 * (train + val)) and AUTHORS_SEED == 42  # val: 20% of train, seed 42
 
 
+@pytest.mark.slow  # two small studies
 def test_miil_row_uses_timm_default_preprocessing(
     tmp_path: Path, tiny_clip_spec: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
