@@ -254,6 +254,7 @@ def test_rerun_with_another_split_seed_equals_a_fresh_run(
     assert all(any("proportions" in d for d in row["departures"]) is False for row in rerun["results"])
 
 
+@pytest.mark.slow  # a study of its own
 def test_paper_split_without_files_has_the_authors_proportions_and_seed(
     study: Path, tiny_clip_spec: str, tmp_path: Path
 ) -> None:
@@ -268,6 +269,7 @@ def test_paper_split_without_files_has_the_authors_proportions_and_seed(
     assert all(any("authors' proportions" in d for d in row["departures"]) for row in document["results"])
 
 
+@pytest.mark.slow  # a study of its own
 def test_improved_recipe_departs_and_says_so(study: Path, tiny_clip_spec: str, tmp_path: Path) -> None:
     args = ("--recipe", "improved", "--steps", "probe", "--split-kind", "official")
     document, _ = run_study(study, tiny_clip_spec, tmp_path / "improved", *args)
