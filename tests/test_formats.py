@@ -112,3 +112,13 @@ def test_the_embedded_preview_is_used_when_it_is_large_enough(tmp_path: Path) ->
     full = open_image(path, draft_size=250)  # more than the preview has: LibRaw decodes the sensor data
     assert full.size == (600, 400) and mean_error(full, sensor) < mean_error(full, marked.resize((600, 400)))
     assert open_image(path).size == (600, 400)  # a 100% view: every pixel
+
+
+def test_score_reads_raw_and_heic_too(tmp_path: Path, tiny_clip_spec: str) -> None:
+    make_dng(detailed(7).resize((300, 200)), tmp_path / "a.dng")
+    make_heic(detailed(8).resize((300, 200)), tmp_path / "b.heic")
+    out = tmp_path / "ranked.csv"
+    args = ["score", str(tmp_path), "-o", str(out), "--model", tiny_clip_spec, *PROMPT_ARGS, "--workers", "0"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert sorted(Path(r["path"]).name for r in csv.DictReader(out.open())) == ["a.dng", "b.heic"]

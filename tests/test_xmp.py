@@ -361,3 +361,13 @@ def test_a_jpeg_beside_a_raw_never_uses_the_raws_name_xmp(tmp_path: Path) -> Non
     report = write_sidecars([{**row_for(jpeg, 5), "raw": str(raw)}])  # a pair: rated in the RAW's sidecar
     assert report.written == 1 and rating_in(tmp_path / "a.xmp") == ("5", None)
     assert not (tmp_path / "a.JPG.xmp").exists()
+
+
+def test_an_old_adobe_prefix_is_read_and_changed_in_place(image: Path) -> None:
+    """Bridge and old Lightroom versions wrote the xmp namespace as ``xap:``: one field, another prefix."""
+    sidecar = image.with_name("IMG_0001.JPG.xmp")
+    text = DARKTABLE.replace('xmlns:xmp="', 'xmlns:xap="').replace("xmp:Rating", "xap:Rating")
+    sidecar.write_text(text, encoding="utf-8")
+    assert read_labels(image).rating == 1
+    write_labels(image, with_stars(read_labels(image), 3))
+    assert sidecar.read_text(encoding="utf-8") == text.replace('xap:Rating="1"', 'xap:Rating="3"')
