@@ -1,8 +1,10 @@
 """Prompt groups for zero-shot aesthetic scoring (paper section 4.1).
 
-A group is a list of texts; its embedding is the mean of the texts' L2-normalised CLIP embeddings,
-normalised again (prompt ensembling, as in open_clip's zero-shot classifier). The paper's best setting is
-``outstanding`` vs ``horrible``, context-aware over the 1000 ImageNet class names, ensembled.
+A group is a list of texts; one vector stands for it, by either zero-shot formula (see
+:mod:`clip_aesthetics.scorers.zeroshot`): the mean of the texts' unnormalised CLIP embeddings (the authors'),
+or the mean of the L2-normalised ones normalised again (prompt ensembling, as in open_clip's zero-shot
+classifier). The paper's best setting is ``outstanding`` vs ``horrible``, context-aware over the 1000
+ImageNet class names, ensembled.
 
 Class names: the authors took the first synonym of each line of the classic
 ``imagenet1000_clsidx_to_labels.txt`` (the WordNet lemmas of the 1000 ImageNet-1k synsets: "hammerhead",
@@ -257,8 +259,3 @@ def _encode_by_length(backbone, texts, batch_size: int, precision: str) -> torch
     embeddings = torch.empty_like(torch.cat(chunks))
     embeddings[order] = torch.cat(chunks)
     return embeddings
-
-
-def group_embedding(text_embeddings: torch.Tensor) -> torch.Tensor:
-    """Ensemble a group: mean of normalised text embeddings, normalised again."""
-    return torch.nn.functional.normalize(text_embeddings.mean(dim=0), dim=-1)
