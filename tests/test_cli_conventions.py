@@ -208,6 +208,17 @@ def test_no_folder_tree_is_made_for_a_typo(args: list[str], tmp_path: Path) -> N
     assert not (tmp_path / "nonexistent").exists()
 
 
+def test_an_output_folder_may_be_made_one_level_deep(tmp_path: Path) -> None:
+    from clip_aesthetics.fileio import check_output_folder, check_outputs
+
+    check_output_folder(tmp_path / "runs" / "clip-b32")  # runs/ is made with it, as README's examples do
+    check_outputs(tmp_path / "results" / "metrics.json")
+    for deep in (tmp_path / "a" / "b" / "run", tmp_path / "a" / "b" / "m.json"):
+        with pytest.raises(FileNotFoundError):
+            check_output_folder(deep) if deep.suffix == "" else check_outputs(deep)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "runs").exists()
+
+
 def test_a_path_that_looks_like_an_argument_is_left_alone() -> None:
     result = CliRunner().invoke(_python_error_app("cannot read /photos/split_kind=2.jpg"), [], env=WIDE)
     assert result.exit_code == 2 and "/photos/split_kind=2.jpg" in result.output

@@ -400,14 +400,15 @@ def _same_file(handle: IO, path: Path) -> bool:
 def check_output_folder(folder: str | os.PathLike) -> Path:
     """Refuse, before any work, an output folder (a cache, a run, a dataset) that is a typo.
 
-    The folder may exist (then it must be a folder) or be created, as ``mkdir`` would, inside a folder that
-    exists; a path whose parent is missing too (``/nonexistent/dir/cache``) is an error, not a new tree.
+    As for output files (:func:`check_outputs`), the folder that holds it may be missing and is created
+    (``-o runs/clip-b32`` makes ``runs``), but not the one above that: ``/nonexistent/dir/cache`` is an
+    error, never a new tree. An existing path must be a folder.
     """
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise NotADirectoryError(f"{text_name(folder)} is a file; expected a folder")
-    if not folder.exists() and not folder.parent.is_dir():
-        raise FileNotFoundError(
-            f"folder not found: {text_name(folder.parent)} (for {text_name(folder.name)})"
-        )
+    holder = folder.parent
+    if not holder.exists() and not holder.parent.is_dir():
+        where = f"{text_name(holder.parent)} (for {text_name(holder.name)}/{text_name(folder.name)})"
+        raise FileNotFoundError(f"folder not found: {where}")
     return folder
