@@ -26,7 +26,9 @@ class TrainConfig:
 
     The defaults follow Hentschel et al. (2022): SGD with momentum 0.5, lr 1e-4 for the tower and 1e-2 for
     the head, batch 128, EMD loss (r = 2), early stopping on validation EMD with patience 10, the model's own
-    input size, no augmentation, no dropout (the paper names none; NIMA used 0.75).
+    input size, no augmentation, no dropout (the paper names none; NIMA used 0.75). Two defaults are the
+    project's: ``precision`` auto (bf16 autocast on CUDA; the authors trained in fp32) and ``max_epochs``
+    100 (the authors ran CLIP for at most 50); ``reproduce --recipe paper`` sets both to the authors'.
 
     ``batch_size`` is the global batch per optimiser step: each of ``world_size`` processes takes
     ``batch_size / (world_size * accumulate)`` images per forward pass.
