@@ -48,7 +48,8 @@ NEW_SIDECAR = (
     '<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>\n'
     '<x:xmpmeta xmlns:x="adobe:ns:meta/" x:xmptk="clip-aesthetics">\n'
     ' <rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">\n'
-    '  <rdf:Description rdf:about=""/>\n'
+    "  <rdf:Description\n"
+    '    rdf:about=""/>\n'
     " </rdf:RDF>\n"
     "</x:xmpmeta>\n"
     '<?xpacket end="w"?>\n'
@@ -369,8 +370,11 @@ def _add_attribute(text: str, tag: re.Match, uri: str, local: str, value: str) -
         while prefix in in_scope:
             prefix, n = f"{PREFERRED_PREFIX[uri]}{n}", n + 1
         addition = f' xmlns:{prefix}="{uri}"'
-    addition += f' {prefix}:{local}="{_escape(value)}"'
     body = tag.group(0)
+    lines = re.findall(r"\n([ \t]+)[^\s/>]", body)  # a tag with one attribute a line: follow its layout
+    separator = f"\n{lines[-1]}" if lines else " "
+    addition = addition.replace(" ", separator, 1) if addition else ""
+    addition += f'{separator}{prefix}:{local}="{_escape(value)}"'
     cut = tag.start() + len(body) - (2 if body.endswith("/>") else 1)
     while cut > tag.start() and text[cut - 1].isspace():  # before the whitespace ahead of '>'
         cut -= 1
