@@ -244,7 +244,8 @@ def review_app(
             pass
     except OSError as exc:
         raise fail(f"cannot serve on {host}:{port} ({exc.strerror}): choose another --port") from None
-    prompt_groups(positive, negative, prompts)  # a bad prompts file is a one-line error before serving
+    if positive or negative or prompts:  # a bad prompts file: one line before serving (costs an import)
+        prompt_groups(positive, negative, prompts)
     check_zeroshot_score(scorer_file, zeroshot_score)
 
     def scorer():  # in the background: the page is served while the model loads and encodes its prompts
