@@ -66,7 +66,13 @@ def synth_ava(
     seed: int = typer.Option(0, help="Seed of everything random."),
     size: int = typer.Option(128, min=16, help="Longer image side in pixels."),
     raters: int = typer.Option(200, min=1, help="Mean number of voters per image."),
-    test_fraction: float = typer.Option(0.1, min=0.0, max=1.0, help="Fraction of ids in generic_test.jpgl."),
+    test_fraction: float = typer.Option(
+        0.1,
+        min=0.0,
+        max=1.0,
+        help="Fraction of ids in generic_test.jpgl (more on a small set: 5 test images exist besides the "
+        "missing ones, so that it can be evaluated).",
+    ),
     n_missing: int = typer.Option(2, min=0, help="Test ids whose image is not written (as in real copies)."),
     n_corrupt: int = typer.Option(0, min=0, help="Train images written as truncated JPEGs."),
     exist_ok: bool = typer.Option(False, "--exist-ok", help="Write into a non-empty folder."),
@@ -74,6 +80,7 @@ def synth_ava(
     """Write a synthetic AVA-format dataset with planted aesthetic signal (for tests and demos)."""
     from ..datasets import make_synthetic_ava
     from ..datasets.ava import TEST_LIST, read_id_list
+    from ..datasets.synthetic import DEMO_READABLE_TEST
     from ..fileio import check_output_folder
 
     check_output_folder(out)
@@ -87,6 +94,7 @@ def synth_ava(
             test_fraction=test_fraction,
             n_missing=n_missing,
             n_corrupt=n_corrupt,
+            min_readable_test=DEMO_READABLE_TEST,
             exist_ok=exist_ok,
         )
     except FileExistsError as exc:  # not a FileNotFoundError, so user_errors would not catch it

@@ -170,20 +170,27 @@ def _write_lists(
     (out / "aesthetics_image_lists" / "generic_test.jpgl").write_text("".join(f"{i}\n" for i in test_ids))
 
 
-MIN_READABLE_TEST = 5  # test images that exist, so that even a small demo set can be evaluated
+DEMO_READABLE_TEST = 5  # what `synth-ava` keeps, so that even a small demo set can be evaluated
 
 
-def n_test_ids(n: int, test_fraction: float, n_missing: int) -> int:
-    """Ids in the test list: ``test_fraction`` of ``n``, but enough that a few besides the missing ones
-    exist (at most half the set): ``--n 24`` would otherwise list 2 test ids, both missing."""
+def n_test_ids(n: int, test_fraction: float, n_missing: int, min_readable_test: int = 0) -> int:
+    """Ids in the test list: ``test_fraction`` of ``n``, but enough that ``min_readable_test`` of them
+    exist besides the missing ones (within half the set): ``--n 24`` would otherwise list 2 test ids,
+    both missing."""
     wanted = min(n, max(1, round(test_fraction * n)))
-    if n_missing == 0 or wanted - n_missing >= MIN_READABLE_TEST:
+    if n_missing == 0 or wanted - n_missing >= min_readable_test:
         return wanted
-    return max(wanted, min(n_missing + MIN_READABLE_TEST, n // 2))
+    return max(wanted, min(n_missing + min_readable_test, n // 2))
 
 
 def _check_sizes(
-    n: int, size: int, raters: int, test_fraction: float, n_missing: int, n_corrupt: int
+    n: int,
+    size: int,
+    raters: int,
+    test_fraction: float,
+    n_missing: int,
+    n_corrupt: int,
+    min_readable_test: int,
 ) -> None:
     """Refuse impossible or memory-exhausting requests before anything is written."""
     if n < 1 or not MIN_SIZE <= size <= MAX_SIZE:
@@ -192,7 +199,7 @@ def _check_sizes(
         raise ValueError(f"raters must be in [1, {MAX_RATERS:,}], got {raters}")
     if not 0.0 <= test_fraction <= 1.0 or n_missing < 0 or n_corrupt < 0:
         raise ValueError("test_fraction must be in [0, 1]; n_missing and n_corrupt must be >= 0")
-    n_train = n - n_test_ids(n, test_fraction, n_missing)
+    n_train = n - n_test_ids(n, test_fraction, n_missing, min_readable_test)
     if n_corrupt > n_train:
         raise ValueError(f"n_corrupt={n_corrupt} exceeds the {n_train} train images of n={n}")
 
@@ -207,6 +214,7 @@ def make_synthetic_ava(
     test_fraction: float = 0.1,
     n_missing: int = 2,
     n_corrupt: int = 0,
+    min_readable_test: int = 0,
     exist_ok: bool = False,
 ) -> Path:
     """Write a synthetic AVA-format dataset (see the module docstring for what it plants).
@@ -220,12 +228,15 @@ def make_synthetic_ava(
         test_fraction: Fraction of ids listed in ``generic_test.jpgl``.
         n_missing: Test ids whose image file is not written (as in real copies).
         n_corrupt: Train images written as truncated JPEGs, for decoder error handling.
+        min_readable_test: Test ids that have an image, at least (the test list grows to hold them, up to
+            half the set), so that a small set can be evaluated; ``synth-ava`` asks for
+            :data:`DEMO_READABLE_TEST`.
         exist_ok: Allow writing into a non-empty folder (stale images from earlier runs are not removed).
 
     Returns:
         ``out_dir`` as a Path.
     """
-    _check_sizes(n, size, raters, test_fraction, n_missing, n_corrupt)
+    _check_sizes(n, size, raters, test_fraction, n_missing, n_corrupt, min_readable_test)
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not exist_ok:
         raise FileExistsError(f"{out} is not empty; pass exist_ok=True to write into it")
@@ -233,7 +244,7 @@ def make_synthetic_ava(
     rng = np.random.default_rng(seed)
     ids = [str(i) for i in 1000 + np.cumsum(rng.integers(1, 5, n))]  # gaps, so id != row index as in AVA
     order = rng.permutation(n)
-    n_test = n_test_ids(n, test_fraction, n_missing)
+    n_test = n_test_ids(n, test_fraction, n_missing, min_readable_test)
     test_idx = set(order[:n_test].tolist())
     missing = set(order[: min(n_missing, n_test)].tolist())
     corrupt = set(order[n_test : n_test + n_corrupt].tolist())
