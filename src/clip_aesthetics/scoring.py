@@ -309,6 +309,7 @@ def build_scorer(
     prompts: PromptGroups | None = None,
     device: str | None = None,
     quick_gelu: bool | None = None,
+    formula: str | None = None,
 ) -> Scorer:
     """A scorer from a method name (``zeroshot``) or a saved scorer file.
 
@@ -318,7 +319,8 @@ def build_scorer(
         model, pretrained, quick_gelu: the backbone (see :func:`load_backbone`); for a file, they override
             nothing and must be left unset; for ``laion:`` they default to ViT-L-14 / openai.
         prompts: custom prompt groups for ``zeroshot`` (default: the paper's best).
-    formula: str | None = None,
+        formula: the ``zeroshot`` score, ``cosine`` (default) or ``authors`` (see
+            :mod:`~clip_aesthetics.scorers.zeroshot`); a scorer file records its own.
     """
     from .backbones import DEFAULT_MODEL, load_backbone
     from .scorers import ZeroShotScorer, load_laion_scorer, load_scorer
@@ -328,8 +330,6 @@ def build_scorer(
         return ZeroShotScorer(backbone, prompts, formula=formula or "cosine").eval()
     if source.startswith("laion:") and prompts is None:
         return load_laion_scorer(
-        formula: the ``zeroshot`` score, ``cosine`` (default) or ``authors`` (see
-            :mod:`~clip_aesthetics.scorers.zeroshot`); a scorer file records its own.
             source.removeprefix("laion:"), model=model, pretrained=pretrained, device=device
         )
     if model is not None or pretrained is not None or prompts is not None or quick_gelu is not None:
@@ -337,6 +337,8 @@ def build_scorer(
             "a scorer file names its own backbone, weights and prompts: "
             "drop --model/--pretrained/--positive/--negative"
         )
+    if formula is not None:
+        raise ValueError("a scorer file records its own zero-shot score: drop --zeroshot-score")
     return load_scorer(source, device=device)
 
 
@@ -346,9 +348,8 @@ def load_scorer_groups(
     model: str | None = None,
     pretrained: str | None = None,
     prompts: PromptGroups | None = None,
-    if formula is not None:
-        raise ValueError("a scorer file records its own zero-shot score: drop --zeroshot-score")
     device: str | None = None,
+    formula: str | None = None,
 ) -> Iterator[list[tuple[int, Scorer]]]:
     """Load scorers one encoder at a time: ``[(index in sources, scorer), ...]`` per group.
 
@@ -358,7 +359,6 @@ def load_scorer_groups(
     a ``zeroshot``/``laion:`` scorer on that encoder, so the evaluation hub encodes each image once for all
     of them; a fine-tuned scorer (its own tower) is a group of one. Only one group's models are alive at a
     time if the caller drops each group before asking for the next. Every file's config is read first, so a
-    formula: str | None = None,
     bad file fails before any model is loaded.
     """
     from .scorers import load_scorer
