@@ -15,6 +15,7 @@ from PIL import Image
 from clip_aesthetics.app.session import NotReady, ReviewSession
 from clip_aesthetics.app.why import grid_shape, occlusion_variants
 from clip_aesthetics.backbones import load_backbone
+from clip_aesthetics.culling.cull import write_sidecars
 from clip_aesthetics.culling.xmp import Labels, read_labels
 from clip_aesthetics.prompts import PromptGroups
 from clip_aesthetics.scorers import ZeroShotScorer
@@ -118,6 +119,11 @@ def test_undo_and_redo_put_back_exactly_what_the_sidecar_held(photo_dir: Path, s
     assert read_labels(photo_dir / "img1.jpg").rejected and read_labels(photo_dir / "img1.jpg").stars == 4
     session.label("img2.jpg", "pick")  # a new key press clears what could be redone
     assert session.redo() == {"path": None}
+    write_sidecars([{"path": str(photo_dir / "img3.png"), "best": True, "stars": 5}])  # cull --xmp's proposal
+    session.label("img3.png", "stars", 1)
+    assert read_labels(photo_dir / "img3.png") == Labels(1, None)  # yours now: no machine mark
+    session.undo()
+    assert read_labels(photo_dir / "img3.png").machine  # the proposal is back, still marked as the machine's
 
 
 def rated_shoot(folder: Path, n: int = 16) -> Path:

@@ -21,7 +21,17 @@ from pathlib import Path
 
 import numpy as np
 
-from ..culling.xmp import Labels, XmpError, picked, read_labels, rejected, unflagged, with_stars, write_labels
+from ..culling.xmp import (
+    Labels,
+    XmpError,
+    picked,
+    read_labels,
+    read_sidecar,
+    rejected,
+    unflagged,
+    with_stars,
+    write_labels,
+)
 
 ACTIONS = ("stars", "pick", "reject", "unflag")
 TASTE_FILE = "taste.safetensors"
@@ -245,13 +255,14 @@ class ReviewSession:
             raise ValueError(f"unknown action {action!r} (choose {', '.join(ACTIONS)})")
         with self.lock:
             self._ready()  # the keys work once the shoot is analysed (its stacks and pairs known)
-            current = self._current(rel)
+            current = self._current(rel)  # with a rating embedded in the photo, if the sidecar has none
+            before = read_sidecar(self.shoot.target(self.index[rel]))  # what undo puts back, marks included
             if action == "stars":
                 new = with_stars(current, int(stars if stars is not None else -1))
             else:
                 new = {"pick": picked, "reject": rejected, "unflag": unflagged}[action](current)
             result = self._write(rel, new)
-            self._undo.append((rel, current, new))
+            self._undo.append((rel, before, new))
             self._redo.clear()
             return result
 
@@ -280,10 +291,10 @@ class ReviewSession:
         return read_labels(self.shoot.target(index), photo=self.shoot.path(index))  # may have changed
 
     def _write(self, rel: str, labels: Labels) -> dict:
-        """Write ``labels`` to the sidecar of ``rel`` (of a RAW+JPEG pair, the RAW file's): a key press is
-        the photographer's decision, so no machine mark."""
+        """Write ``labels`` to the sidecar of ``rel`` (of a RAW+JPEG pair, the RAW file's). A key press is
+        the photographer's decision, so it carries no machine mark; an undo puts back the mark it had."""
         index = self.index[rel]
-        write_labels(self.shoot.target(index), labels)
+        write_labels(self.shoot.target(index), labels, machine=labels.machine)
         labels = read_labels(self.shoot.target(index), photo=self.shoot.path(index))
         self.labels[rel] = labels
         self.label_errors.pop(rel, None)
