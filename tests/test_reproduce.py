@@ -166,6 +166,8 @@ def test_rows_say_their_recipe_and_departures(study: Path) -> None:
     assert not any("split" in d for d in authors)  # the authors' own files
     probes = [d for n, d in by_name.items() if n.startswith("Linear probe")]
     assert probes and not any("train part only" in x for d in probes for x in d)
+    imagenet = by_name["Linear probe, ImageNet timm:test_vit"]  # timm's test model, not the in21k ViT
+    assert any("not one of the paper's ImageNet-21k models" in d for d in imagenet)
     markdown = (study / "out" / "report.md").read_text()
     assert "| paper | " in markdown and "not recognised" in markdown
 

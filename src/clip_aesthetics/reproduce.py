@@ -327,6 +327,9 @@ class Study:
             found.append(f"precision {precision} (the authors: fp32)")
         if kind == "CLIP":
             found.append(self._weights_departure(model, pretrained))
+        elif self._weights_key(model, pretrained) not in (DEFAULT_IMAGENET_MODEL, MIIL_IDENTITY):
+            given = model if pretrained is None else f"{model} --pretrained {pretrained}"
+            found.append(f"{given} is not one of the paper's ImageNet-21k models")
         return [d for d in found if d]
 
     def _weights_departure(self, model: str, pretrained: str | None) -> str:
