@@ -374,3 +374,15 @@ def test_an_old_adobe_prefix_is_read_and_changed_in_place(image: Path) -> None:
     assert read_labels(image).rating == 1
     write_labels(image, with_stars(read_labels(image), 3))
     assert sidecar.read_text(encoding="utf-8") == text.replace('xap:Rating="1"', 'xap:Rating="3"')
+
+
+def test_a_rating_lightroom_wrote_into_a_dng_is_the_photographers(tmp_path: Path) -> None:
+    tifffile = pytest.importorskip("tifffile")
+    import numpy as np
+
+    packet = DARKTABLE.replace('xmp:Rating="1"', 'xmp:Rating="5"').encode()
+    path = tmp_path / "a.dng"
+    tifffile.imwrite(path, np.zeros((8, 8), np.uint16), extratags=[(700, "B", len(packet), packet, True)])
+    assert embedded_rating(path) == 5 and read_labels(path).decided
+    (tmp_path / "b.NEF").write_bytes(b"II*\x00")  # other RAW files are never written by editors: not read
+    assert embedded_rating(tmp_path / "b.NEF") is None

@@ -28,6 +28,7 @@ import math
 import os
 import re
 import stat
+import struct
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -177,14 +178,17 @@ def read_labels(image: str | os.PathLike, photo: str | os.PathLike | None = None
 
 def embedded_rating(image: str | os.PathLike) -> int | None:
     """``xmp:Rating`` from the photo's own XMP packet, else EXIF's Rating tag; None when neither."""
-    if is_raw(image):
-        return None  # editors keep RAW files untouched; their ratings are in sidecars
     from PIL import Image
 
     try:
-        with Image.open(image) as opened:
-            packet = _xmp_packet(opened)
-            exif = opened.getexif().get(EXIF_RATING)
+        if is_raw(image):  # editors keep RAW files untouched, except DNG (Lightroom writes its XMP there)
+            packet, exif = (
+                (_dng_packet(image), None) if Path(image).suffix.lower() == ".dng" else (None, None)
+            )
+        else:
+            with Image.open(image) as opened:
+                packet = _xmp_packet(opened)
+                exif = opened.getexif().get(EXIF_RATING)
     except Exception:  # an unreadable photo is reported by the image pipeline, not here
         return None
     if packet:
@@ -204,6 +208,25 @@ def _xmp_packet(opened) -> bytes | str | None:
     packet = opened.info.get("xmp") or opened.info.get("XML:com.adobe.xmp")
     tags = getattr(opened, "tag_v2", None)
     return packet or (tags.get(700) if tags is not None else None)
+
+
+def _dng_packet(path: str | os.PathLike) -> bytes | None:
+    """The XMP packet (tag 700) of a DNG's first IFD, wherever in the file it lies."""
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+        order = {b"II": "<", b"MM": ">"}.get(head[:2])
+        if order is None:
+            return None
+        handle.seek(struct.unpack(f"{order}I", head[4:8])[0])
+        (count,) = struct.unpack(f"{order}H", handle.read(2))
+        for _ in range(min(count, 4096)):
+            tag, kind, length, value = struct.unpack(f"{order}HHI4s", handle.read(12))
+            if tag == 700 and kind in (1, 7) and length <= 1 << 24:  # BYTE or UNDEFINED
+                if length <= 4:
+                    return value[:length]
+                handle.seek(struct.unpack(f"{order}I", value)[0])
+                return handle.read(length)
+    return None
 
 
 def _parse_text(text: str, path: Path) -> ET.Element:
