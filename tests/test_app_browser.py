@@ -74,10 +74,15 @@ def request(port: int, method: str, path: str, body: dict | None = None) -> tupl
 
 @pytest.fixture(scope="module")
 def server(shoot: Path, tiny_clip_spec: str) -> Iterator[int]:
+    yield from running_app(shoot, tiny_clip_spec)
+
+
+def running_app(shoot: Path, model: str, env: dict | None = None) -> Iterator[int]:
+    """`clip-aesthetics app` in a subprocess on a free port, once it is ready; ended by its pid."""
     port = free_port()
     command = [sys.executable, "-m", "clip_aesthetics", "app", str(shoot), "--port", str(port)]
-    command += ["--model", tiny_clip_spec, *PROMPT_ARGS, "--workers", "0"]
-    process = subprocess.Popen(command, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    command += ["--model", model, *PROMPT_ARGS, "--workers", "0"]
+    process = subprocess.Popen(command, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
     try:
         deadline = time.monotonic() + 120
         while True:

@@ -5,10 +5,6 @@ installed (else an independent XML parse)."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,8 +12,7 @@ from pathlib import Path
 import pytest
 
 from raw_data import make_dng, make_heic
-from test_app_browser import free_port, open_app, photos, request, selected, wait_until
-from test_cli_score import PROMPT_ARGS
+from test_app_browser import open_app, photos, running_app, selected, wait_until
 from test_culling import detailed, exif_with
 from test_report_browser import browser  # noqa: F401  (the headless chromium fixture)
 
@@ -54,32 +49,8 @@ def shoot(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(shoot: Path, tiny_clip_spec: str, tmp_path_factory) -> Iterator[int]:
-    port = free_port()
-    command = [sys.executable, "-m", "clip_aesthetics", "app", str(shoot), "--port", str(port)]
-    command += ["--model", tiny_clip_spec, *PROMPT_ARGS, "--workers", "0"]
     cache = tmp_path_factory.mktemp("cache")  # an empty cache: the first launch
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CLIP_AESTHETICS_CACHE": str(cache)}
-    process = subprocess.Popen(command, env=env)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                status, body = request(port, "GET", "/api/status")
-                if status == 200 and json.loads(body)["state"] == "ready":
-                    break
-            except OSError:
-                pass
-            assert process.poll() is None, "the app exited"
-            assert time.monotonic() < deadline, "the app did not get ready"
-            time.sleep(0.3)
-        yield port
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    yield from running_app(shoot, tiny_clip_spec, {"CLIP_AESTHETICS_CACHE": str(cache)})
 
 
 def card_paths(page) -> list[str]:
