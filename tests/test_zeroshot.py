@@ -266,7 +266,10 @@ def test_zeroshot_score_option_picks_the_formula(
     args = ["score", str(photo_dir), "--model", tiny_clip_spec, *prompts, "--zeroshot-score", "authors"]
     result = CliRunner().invoke(app, [*args, "-o", str(out), "--workers", "0"])
     assert result.exit_code == 0, result.output
-    rows = {row["path"]: float(row["raw"]) for row in csv.DictReader(out.open())}
+    ranked = list(csv.DictReader(out.open()))
+    raws = [float(row["raw"]) for row in ranked]
+    assert raws == sorted(raws, reverse=True)  # the 1-10 score saturates with this raw: raw breaks the ties
+    rows = {row["path"]: float(row["raw"]) for row in ranked}
     model, _, preprocess = open_clip.create_model_and_transforms(tiny_clip_spec)
     tokenizer = open_clip.get_tokenizer(tiny_clip_spec)
     paths = sorted(rows)

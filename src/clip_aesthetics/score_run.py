@@ -570,8 +570,12 @@ def _empty_parts() -> pa.Table:
 
 
 def ranked_table(scored: pa.Table, threshold: float) -> pa.Table:
-    """Best first (ties keep input order): path, score, rank, label, then raw and pred_1..pred_10 if any."""
-    order = pc.sort_indices(scored, sort_keys=[("score", "descending"), ("position", "ascending")])
+    """Best first (equal scores by raw, then input order): path, score, rank, label, raw, pred_1..pred_10.
+
+    raw breaks ties of a saturated 1-10 score (the authors' zero-shot raw is large enough to saturate it).
+    """
+    keys = [("score", "descending"), ("raw", "descending"), ("position", "ascending")]
+    order = pc.sort_indices(scored, sort_keys=keys)
     scored = scored.take(order)
     score = scored["score"]
     columns = {

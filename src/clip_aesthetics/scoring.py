@@ -196,7 +196,10 @@ def _ranked_rows(
     distributions: dict[int, list[float]],
 ) -> list[dict]:
     scored = np.flatnonzero(~np.isnan(scores))
-    order = scored[np.argsort(-scores[scored], kind="stable")]  # ties keep input order
+    # best first; equal scores (a 1-10 score saturated in float32, as the authors' zero-shot raw makes it) by
+    # raw, then input order (lexsort is stable; its last key is the primary one)
+    tie = np.nan_to_num(raws[scored], nan=0.0)
+    order = scored[np.lexsort((-tie, -scores[scored]))]
     rows = []
     for rank, index in enumerate(order, start=1):
         row = {
