@@ -282,3 +282,18 @@ def test_zeroshot_score_option_picks_the_formula(
     torch.testing.assert_close(
         torch.tensor([rows[p] for p in paths], dtype=torch.float64), expected, rtol=1e-5, atol=1e-4
     )
+
+
+def test_compare_path_builds_the_zeroshot_scorer_with_the_formula(tiny_clip_spec: str) -> None:
+    from clip_aesthetics.scoring import load_scorer_groups
+
+    (group,) = load_scorer_groups(["zeroshot"], model=tiny_clip_spec, device="cpu", formula="authors")
+    assert [scorer.formula for _, scorer in group] == ["authors"]
+    with pytest.raises(ValueError, match="zero-shot score"):
+        build_scorer_with_formula(tiny_clip_spec, "both")
+
+
+def build_scorer_with_formula(spec: str, formula: str):
+    from clip_aesthetics.scoring import build_scorer
+
+    return build_scorer("zeroshot", model=spec, device="cpu", formula=formula)
