@@ -26,6 +26,12 @@ def _scorer(scorer_file, model, pretrained, positive, negative, prompts, device,
 
     groups = prompt_groups(positive, negative, prompts)
     check_zeroshot_score(scorer_file, zeroshot_score)
+    if zeroshot_score == "authors":  # stars are score percentiles: a saturated score makes them tie
+        warn(
+            "note:",
+            "the authors' zero-shot score saturates the 1-10 scale (many photos at exactly 1 or 10), so "
+            "stars and picks tie more; the default (cosine) does not",
+        )
     scorer = build_scorer(
         scorer_file or "zeroshot", model=model, pretrained=pretrained, prompts=groups, device=device,
         formula=zeroshot_score,
