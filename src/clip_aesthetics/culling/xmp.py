@@ -34,6 +34,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..constants import RAW_EXTENSIONS
+from ..fileio import atomic_path
 
 X = "adobe:ns:meta/"
 RDF = "http://www.w3.org/1999/02/22-rdf-syntax-ns#"
@@ -430,21 +431,16 @@ def _untouched(root: ET.Element, skip: set[str]) -> list:
 
 
 def _replace_file(path: Path, data: bytes, mode: int | None) -> None:
-    """Write ``data`` to a temporary file beside ``path`` and rename it over ``path``, keeping its mode."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    """Replace ``path`` atomically (``fileio.atomic_path``), then give it back its own mode; errors name
+    the sidecar, never the hidden temporary file."""
     try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(data)
         if mode is not None:
-            os.chmod(tmp, mode)
-        os.replace(tmp, path)
+            os.chmod(path, mode)
     except OSError as exc:
         where = "its folder is not writable" if not os.access(path.parent, os.W_OK) else exc.strerror
         raise XmpError(f"{path}: cannot write the sidecar ({where}); not changed") from None
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 # --- the review keys (as in Lightroom: a reject keeps the photo's stars, which come back with the flag) --
