@@ -15,7 +15,14 @@ from torch.nn import functional as F
 
 from clip_aesthetics import ZeroShotScorer, load_backbone, load_scorer, save_scorer
 from clip_aesthetics.backbones import Backbone, _clip_preprocess, causal_text_tower
-from clip_aesthetics.prompts import PromptGroups, cache_dir, default_prompts, encode_texts
+from clip_aesthetics.prompts import (
+    IMAGENET_CLASSES,
+    PromptGroups,
+    cache_dir,
+    default_prompts,
+    encode_texts,
+    expand,
+)
 from conftest import TINY_CLIP_CONFIG
 
 TEXTS = [
@@ -102,6 +109,16 @@ def test_the_tower_sees_only_the_prompts_length(tiny_clip_spec: str) -> None:
     assert queries and sum(queries) / 1000 < 5
 
 
+def _with_text_subclass() -> torch.nn.Module:
+    model = _custom_text()
+
+    class OwnText(open_clip.transformer.TextTransformer):
+        pass
+
+    model.text.__class__ = OwnText
+    return model
+
+
 @pytest.mark.parametrize(
     ("build", "exact"),
     [
@@ -113,6 +130,18 @@ def test_the_tower_sees_only_the_prompts_length(tiny_clip_spec: str) -> None:
         (lambda: _tiny(no_causal_mask=True), False),  # bidirectional: full context
         (lambda: _custom_text(embed_cls=True), False),  # a class token appended after the padding
         (lambda: _tiny(ls_init_value=0.1, qk_norm=True), True),  # custom blocks, per-token but the mask
+        (lambda: _with_text_subclass(), False),  # a tower whose code we did not read: full context
+    ],
+    ids=[
+        "eos",
+        "first",
+        "custom-text",
+        "custom-text-eos",
+        "last",
+        "bidirectional",
+        "cls",
+        "custom-blocks",
+        "subclass",
     ],
 )
 def test_other_towers_agree_or_keep_the_full_context(build, exact: bool) -> None:
@@ -252,3 +281,12 @@ def test_random_weights_are_never_cached(tmp_path: Path, monkeypatch) -> None:
     assert not (tmp_path / "cache").exists()
     torch.testing.assert_close(second, _reference(backbones[1].model, backbones[1].tokenize(TEXTS[:2])))
     assert not torch.allclose(first, second)
+
+
+def test_many_prompts_come_back_in_their_order(tiny_clip_spec: str) -> None:
+    """Sorted by length and words for the tower, returned in the caller's order (prompt search's lists)."""
+    backbone = load_backbone(tiny_clip_spec, device="cpu")
+    texts = expand(("nice", "ugly", "award-winning"), IMAGENET_CLASSES[:30]) + expand(("dull",))
+    ours = encode_texts(backbone, texts, batch_size=16, use_cache=False, normalize=False)
+    reference = _reference(backbone.model, backbone.tokenize(list(texts)))
+    torch.testing.assert_close(ours, reference, rtol=0, atol=1e-5)

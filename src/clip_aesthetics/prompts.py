@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
 import torch
 from open_clip import IMAGENET_CLASSNAMES
 from safetensors import SafetensorError
@@ -245,7 +246,9 @@ def _encode_by_length(backbone, texts, batch_size: int, precision: str) -> torch
     from .scorers.base import autocast
 
     tokens = backbone.tokenize(list(texts))
-    order = backbone.text_lengths(tokens).argsort(stable=True)
+    # by length, then by the tokens themselves: prompts of one adjective share a batch and its first words
+    keys = [*tokens.T.flip(0).cpu().numpy(), backbone.text_lengths(tokens).cpu().numpy()]
+    order = torch.from_numpy(np.lexsort(keys))
     chunks = []
     with (
         threads_beside_workers(0, backbone.device),  # no more threads than idle cores
