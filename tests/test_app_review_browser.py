@@ -212,3 +212,22 @@ def test_photos_show_while_the_shoot_is_analysed(browser, server: int) -> None: 
     wait_until(page, "document.getElementById('progress').hidden", 30)
     assert len(card_paths(page)) > 3
     page.close()
+
+
+def test_auto_advance_moves_on_after_a_rating(browser, server: int, shoot: Path) -> None:  # noqa: F811
+    page, _ = open_app(browser, server)
+    page.check("#advance")
+    page.click('.card[data-path="IMG_1.jpg"]')
+    order = card_paths(page)
+    press(page, "3")
+    assert fields(shoot / "IMG_1.jpg.xmp")[0] == "3"
+    assert selected(page) == order[order.index("IMG_1.jpg") + 1]
+    press(page, "Control+z", "/api/undo")
+    page.select_option("#filter-flag", "unrated")  # rated out of the view: its successor is next, once
+    page.wait_for_timeout(200)
+    unrated = card_paths(page)
+    page.click(f'.card[data-path="{unrated[0]}"]')
+    press(page, "2")
+    assert selected(page) == unrated[1]
+    press(page, "Control+z", "/api/undo")
+    page.close()

@@ -255,6 +255,7 @@ function applyResult(result) {
 }
 
 async function send(path, body, done) {
+  const selectedBefore = state.selected;
   const before = visibleItems().findIndex((i) => i.frame.path === state.selected);
   try {
     const result = await api(path, body);
@@ -262,7 +263,8 @@ async function send(path, body, done) {
     const frame = applyResult(result);
     say(`${done.verb}${result.path}: ${frame ? describe(frame) : ""}`);
     refresh(Math.max(0, before));
-    if (done.advance && $("advance").checked) move(1);
+    // auto-advance, unless the photo left the filtered view (its successor is selected already)
+    if (done.advance && $("advance").checked && state.selected === selectedBefore) move(1);
   } catch (error) {
     say(`Not saved: ${error.message}`);
   }
