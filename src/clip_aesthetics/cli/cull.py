@@ -207,6 +207,8 @@ def taste_fit(
         highlight=False,
         soft_wrap=True,
     )
+    if fit.cv_srcc <= fit.generic_srcc:  # the app does not rank by such a head; say so here too
+        warn("warning:", "the taste head does not rank your photos better than the generic score yet")
 
 
 @app.command("app")
