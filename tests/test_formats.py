@@ -122,3 +122,13 @@ def test_score_reads_raw_and_heic_too(tmp_path: Path, tiny_clip_spec: str) -> No
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert sorted(Path(r["path"]).name for r in csv.DictReader(out.open())) == ["a.dng", "b.heic"]
+
+
+def test_raw_bytes_from_a_shard_are_decoded_by_libraw(tmp_path: Path) -> None:
+    """A DNG's first IFD is a valid TIFF (its preview): bytes without a name still go to LibRaw."""
+    sensor = astronaut((600, 400))
+    path = make_dng_with_preview(sensor, astronaut((300, 200)), tmp_path / "p.dng")
+    assert open_image(path.read_bytes(), draft_size=250).size == (600, 400)
+    assert open_image(path.read_bytes(), draft_size=150).size == (300, 200)  # the preview covers it
+    plain = make_dng(sensor, tmp_path / "q.dng")  # Pillow does not open this one at all
+    assert open_image(plain.read_bytes()).size == (600, 400)

@@ -138,13 +138,18 @@ def is_raw_file(path: str | os.PathLike) -> bool:
 def _open_bytes(data: bytes, max_pixels: int, draft_size: int | None) -> Image.Image:
     """Pillow's formats first; bytes Pillow does not know may be a RAW file (a shard member)."""
     try:
-        return Image.open(io.BytesIO(data))
+        image = Image.open(io.BytesIO(data))
+        if image.format == "TIFF" and DNG_VERSION in getattr(image, "tag_v2", {}):  # IFD0 is a preview
+            return open_raw(io.BytesIO(data), max_pixels, draft_size)
+        return image
     except UnidentifiedImageError:
         try:
             return open_raw(io.BytesIO(data), max_pixels, draft_size)
         except ImageLoadError:
             raise UnidentifiedImageError("not an image") from None
 
+
+DNG_VERSION = 50706  # the TIFF tag that makes a TIFF a DNG
 
 # LibRaw's ``flip`` (the camera's orientation) as the Pillow transposition that shows the photo upright.
 _RAW_FLIPS = {3: Image.Transpose.ROTATE_180, 5: Image.Transpose.ROTATE_90, 6: Image.Transpose.ROTATE_270}
