@@ -290,3 +290,16 @@ def test_many_prompts_come_back_in_their_order(tiny_clip_spec: str) -> None:
     ours = encode_texts(backbone, texts, batch_size=16, use_cache=False, normalize=False)
     reference = _reference(backbone.model, backbone.tokenize(list(texts)))
     torch.testing.assert_close(ours, reference, rtol=0, atol=1e-5)
+
+
+def test_zero_shot_file_on_random_weights_is_encoded_again(
+    tiny_clip_spec: str, tmp_path: Path, monkeypatch
+) -> None:
+    backbone = load_backbone(tiny_clip_spec, device="cpu")
+    backbone.weights_id = "tiny:random"  # as `--pretrained none` names weights drawn for this load only
+    path = save_scorer(ZeroShotScorer(backbone, GROUPS), tmp_path / "zs.safetensors")
+    calls: list[int] = []
+    original = Backbone.encode_text
+    monkeypatch.setattr(Backbone, "encode_text", lambda self, t: calls.append(len(t)) or original(self, t))
+    load_scorer(path, backbone=backbone)
+    assert calls
