@@ -220,3 +220,21 @@ def test_photos_appear_while_the_shoot_is_analysed(photo_dir: Path, scorer, monk
     scores = [g["frames"][0]["score"] for g in seen[-1]["groups"]]
     assert scores == sorted(scores, reverse=True)  # best first already
     assert session.photos()["provisional"] is False
+
+
+def test_names_that_are_not_utf8_are_listed_and_rated(photo_dir: Path, scorer) -> None:
+    """A file name with a Latin-1 byte (not UTF-8) is shown as text (\\xe9) and rated through that text."""
+    import json
+    import os
+
+    raw_name = os.fsdecode(b"caf\xe9.jpg")
+    photo(77).save(photo_dir / raw_name)
+    session, _ = analysed(photo_dir, scorer)
+    listing = session.photos()
+    json.dumps(listing, ensure_ascii=False).encode("utf-8")  # what the server sends: valid UTF-8
+    names = [f["path"] for g in listing["groups"] for f in g["frames"]]
+    assert "caf\\xe9.jpg" in names
+    assert session.label("caf\\xe9.jpg", "stars", 2)["path"] == "caf\\xe9.jpg"
+    assert read_labels(photo_dir / raw_name).rating == 2
+    assert os.fsencode(raw_name + ".xmp") in os.listdir(os.fsencode(photo_dir))
+    assert session.frame("caf\\xe9.jpg") is not None

@@ -158,3 +158,19 @@ def test_export_can_move_and_reports_what_it_cannot(tmp_path: Path) -> None:
     assert (report.picks, report.files) == (2, 1) and "b.jpg: already exists" in report.errors[0]
     assert (picks / "day" / "a.jpg").read_bytes() == b"a.jpg" and not (root / "day" / "a.jpg").exists()
     assert (picks / "day" / "b.jpg").read_bytes() == b"already here" and (root / "day" / "b.jpg").exists()
+
+
+def test_cull_takes_names_that_are_not_utf8(tmp_path: Path, tiny_clip_spec: str) -> None:
+    import os
+
+    folder = tmp_path / "shoot"
+    folder.mkdir()
+    raw_name = os.fsdecode(b"caf\xe9.jpg")  # a Latin-1 byte: not UTF-8
+    detailed(5).resize((300, 200)).save(folder / raw_name)
+    detailed(6).resize((300, 200)).save(folder / "plain.jpg")
+    out = tmp_path / "g.csv"
+    result = cull(folder, out, tiny_clip_spec, "--xmp")
+    assert result.exit_code == 0, result.output
+    names = sorted(Path(r["path"]).name for r in csv.DictReader(out.open(encoding="utf-8")))
+    assert names == ["caf\\xe9.jpg", "plain.jpg"]  # written as text, as every output writes such names
+    assert os.fsencode(raw_name + ".xmp") in os.listdir(os.fsencode(folder))

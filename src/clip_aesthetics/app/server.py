@@ -25,6 +25,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 
 from ..culling.xmp import XmpError
+from ..fileio import text_name
 from .session import NotReady, ReviewSession
 
 PREVIEW_SIZE = 1600  # long side of the large view, pixels
@@ -114,7 +115,8 @@ def create_app(session: ReviewSession, host: str = "127.0.0.1") -> FastAPI:
     @api.get("/api/status")
     def status() -> dict:
         export_to = None if session.export_to is None else str(session.export_to)
-        return {**session.status, "folder": str(session.root), "export_to": export_to}
+        folder = text_name(session.root)
+        return {**session.status, "folder": folder, "export_to": export_to and text_name(export_to)}
 
     @api.get("/api/photos")
     def photos() -> dict:
@@ -122,7 +124,7 @@ def create_app(session: ReviewSession, host: str = "127.0.0.1") -> FastAPI:
 
     @api.get("/thumb/{rel:path}")
     def thumb(rel: str) -> FileResponse:
-        frame = _frame(session, rel)
+        frame = _frame(session, rel)  # rel as text: see ReviewSession.frame
         return FileResponse(session.shoot.cache / "thumbs" / frame["thumb"], headers=_cache_headers())
 
     @api.get("/photo/{rel:path}")
@@ -178,7 +180,7 @@ def _labelled(change) -> dict:
     except KeyError:
         raise HTTPException(404, "not a photo of this shoot") from None
     except (ValueError, XmpError, OSError) as exc:
-        raise HTTPException(422, str(exc).splitlines()[0]) from None
+        raise HTTPException(422, text_name(str(exc).splitlines()[0])) from None
 
 
 def _frame(session: ReviewSession, rel: str) -> dict:
@@ -200,7 +202,7 @@ def _preview(session: ReviewSession, rel: str, frame: dict) -> Path:
     target = session.shoot.cache / "previews" / frame["thumb"]
     if not target.is_file():
         try:  # a RAW file's embedded preview when it is large enough, else LibRaw's decode
-            image = open_image(session.root / rel, draft_size=PREVIEW_SIZE)
+            image = open_image(session.root / frame["rel"], draft_size=PREVIEW_SIZE)
         except ImageLoadError as exc:
             raise HTTPException(422, str(exc)) from None
         image.thumbnail((PREVIEW_SIZE, PREVIEW_SIZE))
@@ -219,7 +221,7 @@ def _original(session: ReviewSession, rel: str, frame: dict) -> Path:
     from ..fileio import atomic_path
     from ..images import ImageLoadError, open_image
 
-    path = session.root / rel
+    path = session.root / frame["rel"]  # the name on disk (rel is its text form)
     if path.suffix.lower() in BROWSER_FORMATS:
         return path
     target = session.shoot.cache / "originals" / frame["thumb"]

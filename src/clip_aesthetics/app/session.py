@@ -32,6 +32,7 @@ from ..culling.xmp import (
     with_stars,
     write_labels,
 )
+from ..fileio import name_from_text, text_name
 
 ACTIONS = ("stars", "pick", "reject", "unflag")
 TASTE_FILE = "taste.safetensors"
@@ -149,7 +150,7 @@ class ReviewSession:
                     "stack": -1 - int(i),
                     "frames": [
                         {
-                            "path": frame["rel"],
+                            "path": text_name(frame["rel"]),
                             "raw": None,
                             "thumb": frame["thumb"],
                             "score": round(float(scores[i]), 4),
@@ -164,7 +165,7 @@ class ReviewSession:
                     ],
                 }
             )
-        errors = [{"path": e["rel"], "error": e["error"]} for e in shoot.errors]
+        errors = [{"path": text_name(e["rel"]), "error": text_name(e["error"])} for e in shoot.errors]
         return {
             "groups": groups,
             "errors": errors,
@@ -209,8 +210,8 @@ class ReviewSession:
                     groups.append({"group": row["group"], "stack": int(self.groups[index]), "frames": []})
                 groups[-1]["frames"].append(
                     {
-                        "path": rel,
-                        "raw": frame.get("raw"),
+                        "path": text_name(rel),
+                        "raw": frame.get("raw") and text_name(frame["raw"]),
                         "thumb": frame["thumb"],
                         "score": round(row["score"], 4),
                         "proposed_stars": row["stars"],
@@ -222,8 +223,11 @@ class ReviewSession:
                         "sidecar_error": self.label_errors.get(rel),
                     }
                 )
-            errors = [{"path": e["rel"], "error": e["error"]} for e in shoot.errors]
-            sidecars = [{"path": rel, "error": error} for rel, error in sorted(self.label_errors.items())]
+            errors = [{"path": text_name(e["rel"]), "error": text_name(e["error"])} for e in shoot.errors]
+            sidecars = [
+                {"path": text_name(rel), "error": text_name(error)}
+                for rel, error in sorted(self.label_errors.items())
+            ]
             return {
                 "groups": groups,
                 "errors": errors,
@@ -237,6 +241,7 @@ class ReviewSession:
         """The analysed frame ``rel`` names, if it is one of the shoot's photos and still inside it."""
         from ..culling.shoot import inside
 
+        rel = name_from_text(rel)  # the page knows names as text (undecodable bytes as \xNN)
         with self.lock:
             if self.shoot is not None:
                 shoot, index = self.shoot, self.index
@@ -253,6 +258,7 @@ class ReviewSession:
         """Apply a review key to ``rel`` and write its sidecar at once."""
         if action not in ACTIONS:
             raise ValueError(f"unknown action {action!r} (choose {', '.join(ACTIONS)})")
+        rel = name_from_text(rel)
         with self.lock:
             self._ready()  # the keys work once the shoot is analysed (its stacks and pairs known)
             current = self._current(rel)  # with a rating embedded in the photo, if the sidecar has none
@@ -298,7 +304,7 @@ class ReviewSession:
         labels = read_labels(self.shoot.target(index), photo=self.shoot.path(index))
         self.labels[rel] = labels
         self.label_errors.pop(rel, None)
-        return {"path": rel, **labels.to_dict()}
+        return {"path": text_name(rel), **labels.to_dict()}
 
     def export(self) -> dict:
         """Copy the picks (see :mod:`~clip_aesthetics.culling.export`) to the folder given at launch."""
@@ -372,6 +378,7 @@ class ReviewSession:
         """The occlusion heat map of ``rel`` under the current scorer (computed once per scorer)."""
         from .why import occlusion_map
 
+        rel = name_from_text(rel)
         with self.lock:
             if self.frame(rel) is None:
                 raise KeyError(rel)

@@ -102,7 +102,8 @@ def shoot_cache(folder: Path, backbone) -> Path:
 
 
 def thumb_name(rel: str, size: int, mtime_ns: int) -> str:
-    return hashlib.sha256(f"{rel}\0{size}\0{mtime_ns}".encode()).hexdigest()[:24] + ".jpg"
+    key = f"{rel}\0{size}\0{mtime_ns}".encode("utf-8", "surrogateescape")  # any name the disk holds
+    return hashlib.sha256(key).hexdigest()[:24] + ".jpg"
 
 
 class FrameAnalysis:
