@@ -366,10 +366,12 @@ class ReviewSession:
         if not path.is_file():
             return
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error")  # a head fitted on other weights is not reloaded
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
                 scorer = load_scorer(path, backbone=self.generic.backbone)
-        except Exception:  # unreadable or other weights: the generic score ranks, as before any taste
+        except Exception:  # unreadable: the generic score ranks, as before any taste
+            return
+        if any("fitted on features of" in str(w.message) for w in caught):  # other weights: not reloaded
             return
         if scorer.method == "taste" and scorer.fit:
             self._use_taste(scorer, scorer.fit)
