@@ -24,6 +24,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -125,12 +126,22 @@ def raw_beside(image: str | os.PathLike) -> Path | None:
     if is_raw(image):
         return None
     try:
-        names = os.listdir(image.parent)
+        listed = _raw_files(os.fspath(image.parent), os.stat(image.parent).st_mtime_ns)
     except OSError:
         return None
-    stem = image.stem
-    found = sorted(n for n in names if Path(n).stem == stem and Path(n).suffix.lower() in RAW_EXTENSIONS)
-    return image.with_name(found[0]) if found else None
+    found = listed.get(image.stem)
+    return image.with_name(found) if found else None
+
+
+@functools.lru_cache(maxsize=64)
+def _raw_files(folder: str, mtime_ns: int) -> dict[str, str]:
+    """stem -> the (first) RAW file name with that stem in ``folder``; listed once per folder state (its
+    mtime changes when files come or go), not once per photo."""
+    found: dict[str, str] = {}
+    for name in sorted(os.listdir(folder)):
+        if Path(name).suffix.lower() in RAW_EXTENSIONS:
+            found.setdefault(Path(name).stem, name)
+    return found
 
 
 def sidecar_path(image: str | os.PathLike) -> Path:
