@@ -30,6 +30,7 @@ from .pipeline import BatchScorer, decode_row, shard_rows
 from .readers import Shard
 
 LOCAL_HOST = "127.0.0.1"  # a Ray the tool starts itself listens here only
+READ_CPUS = 0.5  # per read+decode task: decoding is light next to the model (and waits on reads)
 
 
 def _read_and_decode(
@@ -38,7 +39,7 @@ def _read_and_decode(
     """A CPU task per shard: stream its samples and decode each to uint8 at model size."""
     import torch
 
-    torch.set_num_threads(1)  # one decoding task per CPU slot
+    torch.set_num_threads(1)  # decoding is single-threaded (PIL); the model runs in the actors
     for row in shard_rows(int(item["shard"]), Shard(item["url"]), **columns):
         yield decode_row(row, cfg, max_pixels, draft_size)
 
@@ -89,7 +90,7 @@ def plan_actors(options: EngineOptions, cluster: dict, node_cpus: list[float]) -
     what to change.
 
     Defaults: GPU actors, one per GPU with one CPU each; CPU actors, up to 4 CPUs each, using the CPUs left
-    after one in eight (at least one) is kept for reading and decoding.
+    after one in eight (at least half a CPU: one read task, :data:`READ_CPUS`) is kept for reading.
 
     Raises:
         ValueError: too many actors or CPUs/GPUs per actor for this cluster.
@@ -111,17 +112,17 @@ def plan_actors(options: EngineOptions, cluster: dict, node_cpus: list[float]) -
                 f"{gpus:g} GPUs of the Ray cluster: use --actors {most} or fewer"
             )
     else:
-        reserve = max(1, round(cpus / 8))
-        per_actor = options.cpus_per_actor or min(4.0, max(1.0, math.floor(min(cpus - reserve, largest))))
+        reserve = max(READ_CPUS, round(cpus / 8))
+        per_actor = options.cpus_per_actor or min(4.0, max(1.0, min(cpus - reserve, largest)))
         actors = options.actors or max(1, math.floor((cpus - reserve) / per_actor))
     if per_actor > largest:
         raise ValueError(
             f"--cpus-per-actor {per_actor:g}: no node of the Ray cluster has that many CPUs (the largest has "
             f"{largest:g}); use --cpus-per-actor {largest - 1 if largest > 1 else largest:g} or fewer"
         )
-    if actors * per_actor > cpus - 1:
-        fit = max(0, math.floor((cpus - 1) / per_actor)) if per_actor else 0
-        smaller = math.floor((cpus - 1) / actors)
+    if actors * per_actor > cpus - READ_CPUS:
+        fit = max(0, math.floor((cpus - READ_CPUS) / per_actor)) if per_actor else 0
+        smaller = math.floor((cpus - READ_CPUS) / actors)
         fix = f"use --actors {fit}" if fit else f"use --cpus-per-actor {smaller}" if smaller else "add CPUs"
         raise ValueError(
             f"--actors {actors} x --cpus-per-actor {per_actor:g} takes {actors * per_actor:g} of the "
@@ -276,6 +277,7 @@ def run_ray(recipe, scorer, run, options: EngineOptions, indexed: list[tuple[int
             _read_and_decode,
             fn_kwargs={"cfg": cfg, "max_pixels": options.max_pixels,
                        "draft_size": draft_size_for(cfg, options.draft), "columns": read_columns(options)},
+            num_cpus=READ_CPUS,
         )  # fmt: skip
         device = "cuda" if options.gpus_per_actor else "cpu"
         dataset = dataset.map_batches(
@@ -289,7 +291,7 @@ def run_ray(recipe, scorer, run, options: EngineOptions, indexed: list[tuple[int
                 "precision": run.settings["precision"],
                 "embeddings": options.embeddings,
                 "device": device,
-                "threads": max(1, int(cpus_per_actor)),
+                "threads": max(1, math.ceil(cpus_per_actor)),
             },
             num_gpus=options.gpus_per_actor or None,
             num_cpus=cpus_per_actor,
