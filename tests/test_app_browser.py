@@ -283,3 +283,29 @@ def test_progress_bar_while_the_shoot_is_analysed(browser, server: int) -> None:
     page.wait_for_selector(".card.selected")
     assert page.is_hidden("#progress")
     page.close()
+
+
+def test_learn_my_taste_keeps_open_stacks_and_says_whether_it_ranks(browser, server: int) -> None:  # noqa: F811
+    frames = [f["path"] for g in photos(server)["groups"] for f in g["frames"]]
+    for i, path in enumerate(frames):  # ratings along the file names: something to learn
+        request(server, "POST", "/api/label", {"path": path, "action": "stars", "stars": 1 + i % 5})
+    page, problems = open_app(browser, server)
+    burst = next(g for g in photos(server)["groups"] if len(g["frames"]) == 2)
+    page.click(f'.card[data-path="{burst["frames"][0]["path"]}"]')
+    page.keyboard.press("s")  # open this burst's stack
+    page.wait_for_selector(".card.sibling")
+    members = sorted(f["path"] for f in burst["frames"])
+    with page.expect_response(lambda r: "/api/taste" in r.url) as answer:
+        page.click("#learn")
+    taste = answer.value.json()
+    page.wait_for_timeout(500)
+    open_stack = page.eval_on_selector_all(
+        f'.card[data-stack="{burst["stack"]}"]', "cs => cs.map(c => c.dataset.path)"
+    )
+    assert sorted(open_stack) == members  # the same burst is open after re-ranking, by its id
+    message = page.text_content("#message")
+    assert ("ranks the photos now" in message) == taste["applied"]
+    assert taste["applied"] or "does not beat the generic score" in message
+    assert photos(server)["scorer"] == ("taste" if taste["applied"] else "zeroshot")
+    assert problems == []
+    page.close()
