@@ -210,7 +210,8 @@ def test_photos_show_while_the_shoot_is_analysed(browser, server: int) -> None: 
     wait_until(page, "document.querySelectorAll('.card').length === 3")
     assert page.is_visible("#progress")  # still analysing, photos already there
     wait_until(page, "document.getElementById('progress').hidden", 30)
-    assert len(card_paths(page)) > 3
+    # the full list is fetched once the status says done: wait for it rather than race it
+    wait_until(page, "document.querySelectorAll('.card').length > 3", 30)
     page.close()
 
 

@@ -113,7 +113,9 @@ def shorten(message: str, limit: int = MAX_MESSAGE) -> str:
     """``message`` cut in the middle to ``limit`` characters, saying how much was left out."""
     if len(message) <= limit:
         return message
-    head, tail = message[: limit * 3 // 4], message[-(limit // 5) :]
+    marker = f" [... {len(message):,} characters left out ...] "  # never shorter than the final marker
+    room = limit - len(marker)
+    head, tail = message[: room * 4 // 5], message[len(message) - (room - room * 4 // 5) :]
     return f"{head} [... {len(message) - len(head) - len(tail):,} characters left out ...] {tail}"
 
 
