@@ -132,7 +132,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--shards", type=int, default=4, help="shards of the N-image set (2N: twice as many)")
-    parser.add_argument("--per-shard", type=int, default=32)
+    parser.add_argument("--per-shard", type=int, default=64)
     parser.add_argument("--size", default="500x375")
     parser.add_argument("--model", default="ViT-B-32")
     parser.add_argument("--device", default="cpu")
