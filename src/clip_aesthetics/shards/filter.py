@@ -23,7 +23,15 @@ from pathlib import Path
 import numpy as np
 
 from ..fileio import atomic_path, atomic_write_json, atomic_write_text
-from .readers import Shard, ShardReadError, _image_bytes, _image_column, _image_of, content_digest, tar_groups
+from .readers import (
+    Shard,
+    ShardReadError,
+    content_digest,
+    find_image_column,
+    image_bytes,
+    image_of,
+    tar_groups,
+)
 from .run import check_output_apart
 from .writer import META_KEY
 
@@ -214,7 +222,7 @@ def _copy_tar_samples(url: str, wanted: dict[int, tuple], target: Path, settings
             if pos not in wanted:
                 continue
             seen.add(pos)
-            image = _image_of(group.by_ext)
+            image = image_of(group.by_ext)
             why = _mismatch(pos, wanted[pos], group.key, image and content_digest(image))
             if why:
                 problems.append(why)
@@ -249,7 +257,7 @@ def _copy_parquet_rows(url: str, wanted: dict[int, tuple], target: Path, setting
     with fsspec.open(url, "rb") as source:
         table = pq.read_table(source)
     key_column = settings.get("key_column") or ("key" if "key" in table.column_names else None)
-    images = table.column(_image_column(table.schema, settings.get("image_column"), url)).combine_chunks()
+    images = table.column(find_image_column(table.schema, settings.get("image_column"), url)).combine_chunks()
     problems, rows = [], []
     for pos in sorted(p for p in wanted if p < table.num_rows):
         if key_column is None:
@@ -257,7 +265,7 @@ def _copy_parquet_rows(url: str, wanted: dict[int, tuple], target: Path, setting
         else:
             value = table.column(key_column)[pos].as_py()
             key = None if value is None else str(value)
-        data, _ = _image_bytes(images.slice(pos, 1))
+        data, _ = image_bytes(images.slice(pos, 1))
         why = _mismatch(pos, wanted[pos], key, data[0] and content_digest(data[0]))
         if why:
             problems.append(why)

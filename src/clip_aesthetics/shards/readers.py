@@ -274,7 +274,7 @@ def tar_groups(url: str) -> Iterator[TarGroup]:
         else:
             tear = _end_problem(counted, archive.offset)
         if group is not None:
-            image = _image_of(group.by_ext)
+            image = image_of(group.by_ext)
             if tear and image is None:  # cut off before or inside the image: this sample is the tear
                 group.torn = tear
                 yield group
@@ -307,7 +307,7 @@ def _tar_samples(url: str, metadata: tuple[str, ...]) -> Iterator[Sample]:
             continue
         members = group.by_ext
         meta = _tar_meta(members, metadata) if metadata else None
-        image = _image_of(members)
+        image = image_of(members)
         if group.torn:
             yield Sample(group.key, None, group.torn, None, meta)
         elif image is None:
@@ -332,7 +332,7 @@ def _image_members() -> tuple[str, ...]:
     return ("jpg", "jpeg", "png", "webp", *sorted(e.lstrip(".") for e in IMAGE_EXTENSIONS))
 
 
-def _image_of(members: dict[str, bytes]) -> bytes | None:
+def image_of(members: dict[str, bytes]) -> bytes | None:
     for ext in _image_members():
         if ext in members:
             return members[ext]
@@ -367,7 +367,7 @@ def _parquet_samples(
         except (pa.ArrowException, OSError) as exc:
             raise ShardReadError(f"not a readable Parquet file: {url} ({exc})") from None
         schema = parquet.schema_arrow
-        image_column = _image_column(schema, image_column, url)
+        image_column = find_image_column(schema, image_column, url)
         if key_column is not None and key_column not in schema.names:
             raise ShardReadError(
                 f"{url} has no key column {key_column!r} (columns: {', '.join(schema.names)})"
@@ -378,7 +378,7 @@ def _parquet_samples(
         row = 0
         try:
             for batch in parquet.iter_batches(batch_size=1024, columns=columns):
-                images, problem = _image_bytes(batch.column(image_column))
+                images, problem = image_bytes(batch.column(image_column))
                 keys = batch.column(key_column).to_pylist() if key_column else None
                 metas = {name: batch.column(name).to_pylist() for name in meta_columns}
                 for i, data in enumerate(images):
@@ -395,7 +395,7 @@ def _parquet_samples(
         handle.close()
 
 
-def _image_bytes(column) -> tuple[list, str | None]:
+def image_bytes(column) -> tuple[list, str | None]:
     """The encoded images of a column batch, or a reason why the column holds none.
 
     Bytes, or a struct with a ``bytes`` field (Hugging Face datasets, img2dataset); text is refused, so that
@@ -423,7 +423,7 @@ def _image_bytes(column) -> tuple[list, str | None]:
     return [None] * len(column), f"image column holds {column.type}, not image bytes"
 
 
-def _image_column(schema, given: str | None, url: str) -> str:
+def find_image_column(schema, given: str | None, url: str) -> str:
     import pyarrow as pa
 
     if given is not None:
