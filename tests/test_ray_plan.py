@@ -57,3 +57,30 @@ def test_an_actor_runs_torch_on_the_cpus_it_holds(tiny_clip_spec: str) -> None:
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_stalled_or_failed_ray_job_stops_with_a_message() -> None:
+    """Issue 22 point 3: a job that yields nothing (a lost node's actors cannot be placed) or fails ends
+    with a message saying the written shards are kept, instead of waiting forever."""
+    import time
+
+    from clip_aesthetics.shards.engine_ray import _watched
+
+    def stalled():
+        yield 1
+        time.sleep(30)
+        yield 2
+
+    def failing():
+        yield 1
+        raise ConnectionError("node lost\nmore detail")
+
+    got = []
+    start = time.monotonic()
+    with pytest.raises(RuntimeError, match=r"scored nothing for 0\.5 s.*rerun the same command"):
+        got.extend(_watched(stalled(), stall_timeout=0.5))
+    assert got == [1] and time.monotonic() - start < 10
+    got = []
+    with pytest.raises(RuntimeError, match=r"failed \(ConnectionError: node lost\).*rerun"):
+        got.extend(_watched(failing(), stall_timeout=5))
+    assert got == [1]

@@ -348,3 +348,20 @@ def test_curator_set_broken_samples(curator, curator_scores: Path) -> None:
     assert sorted(errors) == [("00001", "000010002"), ("00003", "000030004"), ("00005", "000050001")]
     assert all(r["score"] is not None for r in rows if not r["error"])
     assert np.isfinite([r["score"] for r in rows if not r["error"]]).all()
+
+
+def test_relative_shard_paths_are_recorded_absolute(tiny_clip_spec: str, tmp_path: Path, monkeypatch) -> None:
+    """Issue 22 point 3: shards named relative to the driver's folder are recorded (and sent) absolute, so
+    every process, and a later `filter` run from another folder, opens the same files."""
+    (tmp_path / "in").mkdir()
+    write_tar(tmp_path / "in" / "00000.tar", [("a.jpg", encoded(1)), ("b.jpg", encoded(2))])
+    monkeypatch.chdir(tmp_path)
+    assert run(*score_args(tiny_clip_spec, "in/{00000..00000}.tar", out=Path("scores"))).exit_code == 0
+    rows = read_folder(tmp_path / "scores")["00000"]
+    assert {r["shard"] for r in rows} == {str(tmp_path / "in" / "00000.tar")}
+    monkeypatch.chdir(tmp_path / "in")  # filter from elsewhere still finds the sources
+    assert (
+        run("filter", str(tmp_path / "scores"), "--min-score", "0", "-o", f"{tmp_path / 'best'}/").exit_code
+        == 0
+    )
+    assert [data for _, _, data in samples_in(tmp_path / "best")] == [encoded(1), encoded(2)]
