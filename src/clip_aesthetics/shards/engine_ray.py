@@ -176,7 +176,7 @@ def _loopback_only(active: bool):
     from ray._private import ray_constants
 
     saved_env = os.environ.get(_CLUSTER_SWITCH)
-    saved = ray_constants.ENABLE_RAY_CLUSTER
+    saved = getattr(ray_constants, "ENABLE_RAY_CLUSTER", True)  # read at call time by Ray 2.x
     os.environ[_CLUSTER_SWITCH], ray_constants.ENABLE_RAY_CLUSTER = "0", False
     try:
         yield
