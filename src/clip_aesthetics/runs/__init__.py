@@ -1,0 +1,1 @@
+"""Runs over many images: streaming resumable scoring, scoring from stored embeddings, evaluation, reports."""

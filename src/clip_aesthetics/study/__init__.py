@@ -1,0 +1,1 @@
+"""The paper's study: reproduce, the prompt study, provenance of reusable artefacts, the study's report."""
