@@ -34,8 +34,8 @@ from typer.testing import CliRunner
 from clip_aesthetics import load_backbone, save_scorer
 from clip_aesthetics.cli import app
 from clip_aesthetics.datasets import make_synthetic_ava
+from clip_aesthetics.encoders.prompts import PromptGroups
 from clip_aesthetics.features import DatasetSpec, embed_dataset
-from clip_aesthetics.prompts import PromptGroups
 from clip_aesthetics.scorers import LaionScorer, ProbeHead, ProbeScorer, ZeroShotScorer
 from clip_aesthetics.scorers.laion import laion_mlp
 

@@ -43,7 +43,7 @@ def two_pass_baseline(scorer, paths: list[Path], thumbs: Path, workers: int | No
     from clip_aesthetics import score_paths
     from clip_aesthetics.culling.capture import capture_time
     from clip_aesthetics.culling.technical import technical
-    from clip_aesthetics.images import open_image
+    from clip_aesthetics.pipeline.images import open_image
 
     start = time.perf_counter()
     score_paths(scorer, paths, workers=workers, progress=False)
@@ -162,7 +162,7 @@ def formats(n: int, size: str) -> None:
     sys.path.insert(0, str(tests))  # the tests' writers of real DNGs (LibRaw reads them) and HEICs
     from PIL import Image
 
-    from clip_aesthetics.images import open_image
+    from clip_aesthetics.pipeline.images import open_image
     from raw_data import make_dng_with_preview, make_heic
 
     width, height = map(int, size.split("x"))
@@ -244,7 +244,7 @@ def heat_map(model: str) -> None:
     against the former centre-crop map (8 x 8 cells, 65 variants), measured in the same run."""
     from clip_aesthetics import ZeroShotScorer, load_backbone
     from clip_aesthetics.app.why import occlusion_map, occlusion_variants
-    from clip_aesthetics.images import open_image, prepare
+    from clip_aesthetics.pipeline.images import open_image, prepare
 
     scorer = ZeroShotScorer(load_backbone(model, "none"), GROUPS).eval()
     with tempfile.TemporaryDirectory() as tmp:

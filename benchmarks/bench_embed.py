@@ -24,9 +24,9 @@ import torch
 
 from bench_score import make_jpegs  # same generator as the score benchmark (this folder is on sys.path)
 from clip_aesthetics import load_backbone
+from clip_aesthetics.encoders.compute import autocast
 from clip_aesthetics.features import DatasetSpec, embed_dataset
-from clip_aesthetics.images import iter_batches
-from clip_aesthetics.scorers.base import autocast
+from clip_aesthetics.pipeline.images import iter_batches
 
 
 @torch.inference_mode()

@@ -26,11 +26,11 @@ from pathlib import Path
 import open_clip
 import torch
 
-from clip_aesthetics.backbones import Backbone, PreprocessConfig
 from clip_aesthetics.datasets import make_synthetic_ava
+from clip_aesthetics.encoders.backbones import Backbone, PreprocessConfig
+from clip_aesthetics.encoders.compute import autocast
 from clip_aesthetics.finetune import FinetuneModel, TrainConfig, emd_loss, finetune
 from clip_aesthetics.finetune.optim import build_optimizer
-from clip_aesthetics.scorers.base import autocast
 
 TINY_CLIP = {
     "embed_dim": 32,

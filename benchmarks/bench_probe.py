@@ -23,7 +23,7 @@ from collections.abc import Callable
 import numpy as np
 from scipy.stats import spearmanr
 
-from clip_aesthetics.probe import fit_linear
+from clip_aesthetics.features.fit_probe import fit_linear
 
 
 def make_features(n: int, dim: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -28,8 +28,8 @@ from PIL import Image
 from scipy.stats import spearmanr
 
 from clip_aesthetics import ZeroShotScorer, load_backbone, score_paths
-from clip_aesthetics.prompts import PromptGroups
-from clip_aesthetics.scorers.base import resolve_precision
+from clip_aesthetics.encoders.compute import resolve_precision
+from clip_aesthetics.encoders.prompts import PromptGroups
 
 GROUPS = PromptGroups(("a outstanding picture",), ("a horrible picture",))
 

@@ -33,8 +33,8 @@ import torch
 
 from bench_score import GROUPS, make_jpegs
 from clip_aesthetics import score_paths
-from clip_aesthetics.images import iter_batches
-from clip_aesthetics.scorers.base import resolve_precision
+from clip_aesthetics.encoders.compute import resolve_precision
+from clip_aesthetics.pipeline.images import iter_batches
 from clip_aesthetics.shards import EngineOptions, ScorerRecipe, score_shards
 
 

@@ -1,4 +1,4 @@
-"""Torch threads beside decoding workers: the rule of ``images.model_threads`` against torch's default.
+"""Torch threads beside decoding workers: the rule of ``encoders.compute.model_threads`` vs torch's default.
 
 Scores the same photos with ``score_paths`` (ViT-B-32, random weights, default workers and precision) with
 the model's CPU threads chosen by the rule (the cores the decoding workers leave) and with torch's default
@@ -22,9 +22,9 @@ import torch
 
 from bench_score import GROUPS, make_jpegs
 from clip_aesthetics import ZeroShotScorer, load_backbone, score_paths
-from clip_aesthetics import images as image_pipeline
+from clip_aesthetics.encoders import compute
 
-RULE = image_pipeline.model_threads
+RULE = compute.model_threads
 
 
 def every_core(workers: int, device=None) -> int:
@@ -34,15 +34,13 @@ def every_core(workers: int, device=None) -> int:
 def timed_run(scorer, paths: list[Path], choose) -> tuple[float, int]:
     """images/s of one score_paths run with the model's threads chosen by ``choose``; threads used."""
     used = []
-    image_pipeline.model_threads = lambda workers, device=None: (
-        used.append(choose(workers, device)) or used[-1]
-    )
+    compute.model_threads = lambda workers, device=None: used.append(choose(workers, device)) or used[-1]
     try:
         start = time.perf_counter()
         score_paths(scorer, paths, progress=False)
         return len(paths) / (time.perf_counter() - start), used[0]
     finally:
-        image_pipeline.model_threads = RULE
+        compute.model_threads = RULE
 
 
 def load() -> str:
@@ -60,8 +58,8 @@ def main() -> None:
     args = parser.parse_args()
     width, height = (int(v) for v in args.size.lower().split("x"))
     scorer = ZeroShotScorer(load_backbone(args.model, "none", device="cpu"), GROUPS).eval()
-    cores = image_pipeline.usable_cores()
-    print(f"{cores} cores, {image_pipeline.default_workers(scorer.device)} decoding worker(s) by default")
+    cores = compute.usable_cores()
+    print(f"{cores} cores, {compute.default_workers(scorer.device)} decoding worker(s) by default")
     with tempfile.TemporaryDirectory(prefix="bench-threads-") as tmp:
         paths = make_jpegs(Path(tmp), args.n, width, height)
         score_paths(scorer, paths[:4], progress=False)  # warm-up: first-call allocations

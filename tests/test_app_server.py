@@ -16,9 +16,9 @@ import uvicorn
 
 from clip_aesthetics.app.server import create_app
 from clip_aesthetics.app.session import ReviewSession
-from clip_aesthetics.backbones import load_backbone
 from clip_aesthetics.culling.xmp import sidecar_path
-from clip_aesthetics.prompts import PromptGroups
+from clip_aesthetics.encoders.backbones import load_backbone
+from clip_aesthetics.encoders.prompts import PromptGroups
 from clip_aesthetics.scorers import ZeroShotScorer
 
 

@@ -14,10 +14,10 @@ from PIL import Image
 
 from clip_aesthetics.app.session import NotReady, ReviewSession
 from clip_aesthetics.app.why import grid_shape, occlusion_variants
-from clip_aesthetics.backbones import load_backbone
 from clip_aesthetics.culling.cull import write_sidecars
 from clip_aesthetics.culling.xmp import Labels, read_labels
-from clip_aesthetics.prompts import PromptGroups
+from clip_aesthetics.encoders.backbones import load_backbone
+from clip_aesthetics.encoders.prompts import PromptGroups
 from clip_aesthetics.scorers import ZeroShotScorer
 from conftest import photo
 

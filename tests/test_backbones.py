@@ -12,9 +12,9 @@ import timm
 import torch
 from safetensors.torch import load_file, save_file
 
-from clip_aesthetics.backbones import load_backbone
-from clip_aesthetics.images import prepare
-from clip_aesthetics.weights import WeightsNotFoundError
+from clip_aesthetics.encoders.backbones import load_backbone
+from clip_aesthetics.encoders.weights import WeightsNotFoundError
+from clip_aesthetics.pipeline.images import prepare
 from conftest import TINY_CLIP_CONFIG, hub_snapshot, photo, save_open_clip_dir
 
 
@@ -181,7 +181,7 @@ def test_finetuned_scorer_loads_without_base_weights(
     def no_weights(*args, **kwargs):
         raise AssertionError("the base weights were looked up")
 
-    monkeypatch.setattr("clip_aesthetics.backbones.hub_file", no_weights)
+    monkeypatch.setattr("clip_aesthetics.encoders.backbones.hub_file", no_weights)
     loaded = load_scorer(tmp_path / "best.safetensors", device="cpu")
     assert _uses_quick_gelu(loaded.model)  # rebuilt with the activation the tower was trained with
     images = torch.randint(0, 256, (2, 3, 224, 224), dtype=torch.uint8)
@@ -193,7 +193,7 @@ def test_models_command_marks_cached_weights(real_vit_b32_openai_cache: Path) ->
     from typer.testing import CliRunner
 
     from clip_aesthetics.cli import app
-    from clip_aesthetics.weights import backbone_rows
+    from clip_aesthetics.encoders.weights import backbone_rows
 
     assert CliRunner().invoke(app, ["models"]).exit_code == 0
     rows = {(r["model"], r["pretrained"]): r for r in backbone_rows()}

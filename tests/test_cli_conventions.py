@@ -13,7 +13,7 @@ import typer
 from typer.testing import CliRunner
 
 from clip_aesthetics.cli import app
-from clip_aesthetics.cli.app import MAX_MESSAGE, user_errors
+from clip_aesthetics.cli.main import MAX_MESSAGE, user_errors
 from clip_aesthetics.cli.options import SplitKind
 from test_score_run import PIPELINE, _failing_after, run
 
@@ -103,7 +103,7 @@ def test_quickstart_demo_set_can_be_evaluated(tmp_path: Path, tiny_clip_spec: st
 def test_a_refusal_over_a_thousand_prompts_stays_short(
     photo_dir: Path, tmp_path: Path, tiny_clip_spec: str, monkeypatch
 ) -> None:
-    from clip_aesthetics import scoring
+    from clip_aesthetics.runs import score as scoring
 
     prompts = tmp_path / "prompts.json"
     positive = [f"a picture of quality number {i}" for i in range(1000)]
@@ -127,10 +127,10 @@ def _interrupt(*args, **kwargs):
 @pytest.mark.parametrize(
     ("command", "patched", "kept"),
     [
-        ("evaluate", "clip_aesthetics.evaluation.evaluate_scorer", "nothing was written"),
-        ("compare", "clip_aesthetics.evaluation.evaluate_scorers", "nothing was written"),
+        ("evaluate", "clip_aesthetics.runs.evaluate.evaluate_scorer", "nothing was written"),
+        ("compare", "clip_aesthetics.runs.evaluate.evaluate_scorers", "nothing was written"),
         ("embed", "clip_aesthetics.features.embed_dataset", "stay in"),
-        ("score", "clip_aesthetics.scoring.build_scorer", "nothing was written"),
+        ("score", "clip_aesthetics.runs.score.build_scorer", "nothing was written"),
     ],
 )
 def test_ctrl_c_says_what_was_kept_the_same_way_everywhere(

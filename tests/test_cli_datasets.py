@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from clip_aesthetics import load_backbone, save_scorer
 from clip_aesthetics.cli import app
 from clip_aesthetics.datasets import load_broken_manifest, make_synthetic_ava, parse_ava, split_records
-from clip_aesthetics.prompts import PromptGroups
+from clip_aesthetics.encoders.prompts import PromptGroups
 from clip_aesthetics.scorers import ZeroShotScorer
 from conftest import console_text
 

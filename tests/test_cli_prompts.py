@@ -15,8 +15,8 @@ from clip_aesthetics.cli import app
 from clip_aesthetics.cli.prompts import default_cache
 from clip_aesthetics.datasets import make_synthetic_ava
 from clip_aesthetics.features.cache import load_features
+from clip_aesthetics.runs.score import score_paths
 from clip_aesthetics.scorers import load_scorer
-from clip_aesthetics.scoring import score_paths
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from clip_aesthetics.cli import app
-from clip_aesthetics.images import find_images
+from clip_aesthetics.pipeline.images import find_images
 from conftest import console_text
 from test_zeroshot import GROUPS, reference_scores
 

@@ -10,8 +10,8 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from clip_aesthetics.cli import app
-from clip_aesthetics.tables import print_table
-from clip_aesthetics.weights import KNOWN_BACKBONES
+from clip_aesthetics.encoders.weights import KNOWN_BACKBONES
+from clip_aesthetics.runs.tables import print_table
 
 
 def terminal(width: int) -> tuple[Console, io.StringIO]:

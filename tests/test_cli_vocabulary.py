@@ -94,7 +94,7 @@ def test_score_refuses_backbone_options_next_to_a_scorer_file(
 
 
 def test_build_scorer_refuses_pretrained_next_to_a_scorer_file(tmp_path: Path) -> None:
-    from clip_aesthetics.scoring import build_scorer
+    from clip_aesthetics.runs.score import build_scorer
 
     with pytest.raises(ValueError, match="names its own backbone"):
         build_scorer(str(tmp_path / "head.safetensors"), pretrained="openai")

@@ -16,11 +16,11 @@ import pytest
 from typer.testing import CliRunner
 
 from clip_aesthetics.app.session import ReviewSession
-from clip_aesthetics.backbones import load_backbone
 from clip_aesthetics.cli import app
+from clip_aesthetics.culling.fit_taste import ratings_for
 from clip_aesthetics.culling.shoot import shoot_files
-from clip_aesthetics.culling.taste import ratings_for
-from clip_aesthetics.prompts import PromptGroups
+from clip_aesthetics.encoders.backbones import load_backbone
+from clip_aesthetics.encoders.prompts import PromptGroups
 from clip_aesthetics.scorers import ZeroShotScorer
 from raw_data import make_dng, make_heic
 from test_cli_score import PROMPT_ARGS

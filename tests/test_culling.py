@@ -158,8 +158,8 @@ def decoded_size(source, image: Image.Image) -> tuple[int, int]:
 
 @pytest.mark.parametrize("workers", [0, 1])
 def test_iter_batches_runs_the_analysis_where_it_decodes(tmp_path: Path, workers: int) -> None:
-    from clip_aesthetics.backbones import PreprocessConfig
-    from clip_aesthetics.images import iter_batches
+    from clip_aesthetics.encoders.backbones import PreprocessConfig
+    from clip_aesthetics.pipeline.images import iter_batches
 
     photo(1, (1800, 1200)).save(tmp_path / "a.jpg")
     photo(2, (90, 60)).save(tmp_path / "b.png")

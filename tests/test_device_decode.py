@@ -10,10 +10,15 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 
-from clip_aesthetics import images as images_module
-from clip_aesthetics.backbones import PreprocessConfig
-from clip_aesthetics.device_decode import apply_orientation, decode_on_device, jpeg_header, resize_crop_tensor
-from clip_aesthetics.images import iter_batches, open_image, prepare
+from clip_aesthetics.encoders.backbones import PreprocessConfig
+from clip_aesthetics.pipeline import images as images_module
+from clip_aesthetics.pipeline.gpu_decode import (
+    apply_orientation,
+    decode_on_device,
+    jpeg_header,
+    resize_crop_tensor,
+)
+from clip_aesthetics.pipeline.images import iter_batches, open_image, prepare
 from conftest import photo
 
 CFG = PreprocessConfig(size=224, resize_size=224)

@@ -17,8 +17,8 @@ from clip_aesthetics import load_backbone, save_scorer
 from clip_aesthetics.cli import app
 from clip_aesthetics.datasets import make_synthetic_ava, parse_ava, split_records
 from clip_aesthetics.datasets.ava import read_id_list
-from clip_aesthetics.evaluation import evaluate_scorer, load_split, write_predictions
-from clip_aesthetics.prompts import PromptGroups
+from clip_aesthetics.encoders.prompts import PromptGroups
+from clip_aesthetics.runs.evaluate import evaluate_scorer, load_split, write_predictions
 from clip_aesthetics.scorers import ScoreOutput, Scorer, ZeroShotScorer
 from conftest import console_text
 

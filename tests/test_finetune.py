@@ -17,9 +17,9 @@ import torch
 from typer.testing import CliRunner
 
 from clip_aesthetics import metrics
-from clip_aesthetics.backbones import load_backbone
 from clip_aesthetics.cli import app
 from clip_aesthetics.datasets import load_dataset, make_synthetic_ava
+from clip_aesthetics.encoders.backbones import load_backbone
 from clip_aesthetics.finetune import (
     FinetuneModel,
     TrainConfig,

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from clip_aesthetics.cli import app
 from clip_aesthetics.culling.capture import capture_time
 from clip_aesthetics.culling.xmp import Labels, read_labels, write_labels
-from clip_aesthetics.images import find_images, open_image
+from clip_aesthetics.pipeline.images import find_images, open_image
 from raw_data import make_dng, make_dng_with_preview, make_heic
 from test_cli_score import PROMPT_ARGS
 from test_culling import detailed
@@ -68,7 +68,7 @@ def test_16_bit_tiff(tmp_path: Path) -> None:
 
 
 def test_a_corrupt_raw_file_is_a_one_line_error(tmp_path: Path) -> None:
-    from clip_aesthetics.images import ImageLoadError
+    from clip_aesthetics.pipeline.images import ImageLoadError
 
     (tmp_path / "bad.NEF").write_bytes(b"II*\x00" + b"\x00" * 200)
     with pytest.raises(ImageLoadError) as caught:

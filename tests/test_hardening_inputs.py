@@ -22,9 +22,9 @@ from clip_aesthetics.datasets import (
     parse_csv,
 )
 from clip_aesthetics.datasets.verify import verify_dataset
+from clip_aesthetics.encoders.prompts import load_prompt_file
 from clip_aesthetics.fileio import TextDecodeError, check_writable, read_text
-from clip_aesthetics.prompt_search import load_word_list, ranked_markdown
-from clip_aesthetics.prompts import load_prompt_file
+from clip_aesthetics.study.prompt_search import load_word_list, ranked_markdown
 
 BOM = "\ufeff".encode()
 VOTES = [

@@ -16,17 +16,17 @@ from typer.testing import CliRunner
 
 from clip_aesthetics import __version__, load_backbone
 from clip_aesthetics.cli import app
-from clip_aesthetics.cli.app import _show_warning as show_warning
-from clip_aesthetics.evaluation import evaluate_scorer
+from clip_aesthetics.cli.main import _show_warning as show_warning
+from clip_aesthetics.encoders.prompts import PromptGroups, load_prompt_file
 from clip_aesthetics.features import load_features
 from clip_aesthetics.features.cache import CACHE_FORMAT, MANIFEST
-from clip_aesthetics.images import PreprocessConfig, clamp_workers, iter_batches
 from clip_aesthetics.metrics import accuracy
-from clip_aesthetics.prompts import PromptGroups, load_prompt_file
+from clip_aesthetics.pipeline.images import PreprocessConfig, clamp_workers, iter_batches
+from clip_aesthetics.runs.evaluate import evaluate_scorer
+from clip_aesthetics.runs.score import build_scorer
 from clip_aesthetics.scorers import ProbeHead, load_scorer, read_scorer_file, save_scorer
 from clip_aesthetics.scorers.laion import read_laion_state
 from clip_aesthetics.scorers.probe import ProbeScorer
-from clip_aesthetics.scoring import build_scorer
 
 
 def _message(result, code: int = 2) -> str:

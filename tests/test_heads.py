@@ -19,7 +19,8 @@ import pytest
 import torch
 
 from clip_aesthetics import load_backbone
-from clip_aesthetics.prompts import PromptGroups
+from clip_aesthetics.encoders.prompts import PromptGroups
+from clip_aesthetics.encoders.towers import FinetuneModel
 from clip_aesthetics.scorers import (
     SCORERS,
     Calibration,
@@ -38,7 +39,6 @@ from clip_aesthetics.scorers import (
     scorer_file_method,
 )
 from clip_aesthetics.scorers.laion import laion_mlp
-from clip_aesthetics.towers import FinetuneModel
 
 GROUPS = PromptGroups(("a stunning photo", "a masterpiece"), ("a dull photo",))
 CONTENTS = ("dog", "cat", "car")

@@ -11,17 +11,17 @@ import torch
 from typer.testing import CliRunner
 
 from clip_aesthetics import load_backbone, save_scorer
-from clip_aesthetics.backbones import Backbone
 from clip_aesthetics.cli import app
 from clip_aesthetics.datasets import make_synthetic_ava
-from clip_aesthetics.evaluation import evaluate_scorers, load_split
+from clip_aesthetics.encoders.backbones import Backbone
+from clip_aesthetics.encoders.prompts import PromptGroups
+from clip_aesthetics.encoders.towers import FinetuneModel
 from clip_aesthetics.features import DatasetSpec, embed_dataset, load_features
 from clip_aesthetics.features.hub import CachedFeatures, encoder_groups
-from clip_aesthetics.prompts import PromptGroups
+from clip_aesthetics.runs.evaluate import evaluate_scorers, load_split
+from clip_aesthetics.runs.score import load_scorer_groups
 from clip_aesthetics.scorers import FinetunedScorer, LaionScorer, ProbeHead, ProbeScorer, ZeroShotScorer
 from clip_aesthetics.scorers.laion import laion_mlp
-from clip_aesthetics.scoring import load_scorer_groups
-from clip_aesthetics.towers import FinetuneModel
 
 PROMPTS = ["--positive", "a stunning photo", "--negative", "a dull photo"]
 

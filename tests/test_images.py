@@ -12,8 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from clip_aesthetics.backbones import PreprocessConfig
-from clip_aesthetics.images import ImageLoadError, find_images, iter_batches, open_image, prepare
+from clip_aesthetics.encoders.backbones import PreprocessConfig
+from clip_aesthetics.pipeline.images import ImageLoadError, find_images, iter_batches, open_image, prepare
 from conftest import photo
 
 CFG = PreprocessConfig(size=32, resize_size=32)

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 import clip_aesthetics
-from clip_aesthetics.evaluation import comparison_markdown
-from clip_aesthetics.tables import format_interval, format_metric, markdown_table
+from clip_aesthetics.runs.evaluate import comparison_markdown
+from clip_aesthetics.runs.tables import format_interval, format_metric, markdown_table
 
 SRC = Path(clip_aesthetics.__file__).parent
 

@@ -112,7 +112,7 @@ def _rows(study: Path) -> dict[str, dict]:
 
 
 def _predictions(study: Path, name: str) -> list[dict]:
-    from clip_aesthetics.reproduce import _slug
+    from clip_aesthetics.study.reproduce import _slug
 
     with (study / "out" / "predictions" / f"{_slug(name)}.csv").open() as handle:
         return list(csv.DictReader(handle))
@@ -229,7 +229,7 @@ def test_miil_row_uses_timm_default_preprocessing(
 ) -> None:
     """The authors ran MIIL's ResNet-50 through timm's default configuration (here a small ResNet stands in
     for it: the rule is per architecture), the improved recipe through MIIL's own."""
-    from clip_aesthetics import reproduce
+    from clip_aesthetics.study import reproduce
 
     ava = make_synthetic_ava(tmp_path / "AVA_dataset", n=30, seed=3, size=48)
     torch.manual_seed(0)

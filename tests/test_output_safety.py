@@ -14,14 +14,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import clip_aesthetics.scoring as scoring
-from clip_aesthetics.backbones import load_backbone
+import clip_aesthetics.runs.score as scoring
 from clip_aesthetics.cli import app
+from clip_aesthetics.encoders.backbones import load_backbone
+from clip_aesthetics.encoders.compute import resolve_precision
 from clip_aesthetics.features import load_features
 from clip_aesthetics.fileio import name_from_text, text_name
+from clip_aesthetics.runs.score import NON_FINITE, ScoredBatch, split_non_finite, write_rows
 from clip_aesthetics.scorers import ProbeHead, ProbeScorer, ScoreOutput, save_scorer
-from clip_aesthetics.scorers.base import resolve_precision
-from clip_aesthetics.scoring import NON_FINITE, ScoredBatch, split_non_finite, write_rows
 from conftest import photo
 from test_cli_score import PROMPT_ARGS
 
@@ -218,7 +218,7 @@ def test_auto_precision_follows_cpu_bf16(monkeypatch) -> None:
 
 
 def test_cpu_flags_detection(monkeypatch) -> None:
-    from clip_aesthetics.scorers import base
+    from clip_aesthetics.encoders import compute as base
 
     monkeypatch.delenv("CLIP_AESTHETICS_CPU_BF16")
     assert base.bf16_in_cpu_flags("flags\t\t: fpu sse avx512f avx512_bf16 amx_tile\n")
@@ -227,7 +227,7 @@ def test_cpu_flags_detection(monkeypatch) -> None:
 
 
 def test_score_auto_uses_bf16_where_native(photo_dir: Path, tiny_clip_spec: str, monkeypatch) -> None:
-    from clip_aesthetics.images import find_images
+    from clip_aesthetics.pipeline.images import find_images
     from clip_aesthetics.scorers import ZeroShotScorer
     from test_zeroshot import GROUPS
 
@@ -256,7 +256,7 @@ def test_evaluate_outputs_refused_before_any_work(tmp_path: Path) -> None:
 
 
 def test_evaluate_failed_write_keeps_previous_predictions(tmp_path: Path, monkeypatch) -> None:
-    from clip_aesthetics import evaluation
+    from clip_aesthetics.runs import evaluate as evaluation
 
     target = tmp_path / "preds.csv"
     target.write_text("previous")

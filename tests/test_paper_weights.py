@@ -19,8 +19,8 @@ from safetensors.torch import save_file
 
 from clip_aesthetics import load_backbone
 from clip_aesthetics.datasets import make_synthetic_ava
-from clip_aesthetics.known_weights import identify
-from clip_aesthetics.reproduce import ReproduceConfig, Study
+from clip_aesthetics.encoders.known_weights import identify
+from clip_aesthetics.study.reproduce import ReproduceConfig, Study
 from test_backbones import real_vit_b32_openai_cache  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.slow

@@ -19,12 +19,12 @@ from typer.testing import CliRunner
 from clip_aesthetics import load_backbone
 from clip_aesthetics.cli import app
 from clip_aesthetics.datasets import make_synthetic_ava
+from clip_aesthetics.encoders.prompts import PromptGroups
 from clip_aesthetics.features import DatasetSpec, embed_dataset, load_features
+from clip_aesthetics.features.fit_probe import ALPHA_EXPONENTS, fit_linear, fit_probe
 from clip_aesthetics.metrics import srcc
-from clip_aesthetics.probe import ALPHA_EXPONENTS, fit_linear, fit_probe
-from clip_aesthetics.prompts import PromptGroups
+from clip_aesthetics.runs.score import build_scorer, score_paths
 from clip_aesthetics.scorers import ProbeHead, ZeroShotScorer, load_scorer, read_scorer_file
-from clip_aesthetics.scoring import build_scorer, score_paths
 from conftest import TINY_CLIP_CONFIG, console_text, save_open_clip_dir
 
 GROUPS = PromptGroups(("a stunning photo", "a masterpiece"), ("a dull photo",))

@@ -9,7 +9,7 @@ import torch
 from scipy.stats import pearsonr, spearmanr
 
 from clip_aesthetics import load_backbone
-from clip_aesthetics.prompt_search import best_scorer, embed_adjectives, search_pairs, similarities
+from clip_aesthetics.study.prompt_search import best_scorer, embed_adjectives, search_pairs, similarities
 
 ADJECTIVES = ("outstanding", "stunning", "horrible", "boring")
 CONTENTS = ("dog", "car", "mountain", "tree", "bird")

@@ -13,9 +13,9 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from clip_aesthetics import report as report_module
 from clip_aesthetics.cli import app
-from clip_aesthetics.report import (
+from clip_aesthetics.runs import html_report as report_module
+from clip_aesthetics.runs.html_report import (
     Thumbnail,
     histogram_svg,
     make_thumbnail,
@@ -24,7 +24,7 @@ from clip_aesthetics.report import (
     render_score_report,
     write_html,
 )
-from clip_aesthetics.scoring import ScoreReport
+from clip_aesthetics.runs.score import ScoreReport
 from conftest import photo
 from test_cli_score import PROMPT_ARGS
 

@@ -20,8 +20,8 @@ from typer.testing import CliRunner
 
 from clip_aesthetics.cli import app
 from clip_aesthetics.datasets import make_synthetic_ava
-from clip_aesthetics.reproduce import ZERO_SHOT, _config_key, _slug
-from clip_aesthetics.study_report import PUBLISHED, markdown_report
+from clip_aesthetics.study.paper_report import PUBLISHED, markdown_report
+from clip_aesthetics.study.reproduce import ZERO_SHOT, _config_key, _slug
 from conftest import TINY_CLIP_CONFIG, console_text, save_open_clip_dir
 
 

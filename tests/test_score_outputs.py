@@ -14,11 +14,12 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from clip_aesthetics import score_run, scoring
 from clip_aesthetics.cli import app
 from clip_aesthetics.fileio import OutputLock, file_fingerprint, unchanged_since
-from clip_aesthetics.images import find_images
-from clip_aesthetics.score_run import parts_folder_for
+from clip_aesthetics.pipeline.images import find_images
+from clip_aesthetics.runs import resumable as score_run
+from clip_aesthetics.runs import score as scoring
+from clip_aesthetics.runs.resumable import parts_folder_for
 from conftest import photo
 from test_score_run import _slow_score_process, _wait_for, read_csv, run, score_args, uninterrupted_with
 

@@ -16,11 +16,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from clip_aesthetics import scoring
-from clip_aesthetics.backbones import load_backbone
 from clip_aesthetics.cli import app
-from clip_aesthetics.images import find_images
-from clip_aesthetics.score_run import parts_folder_for
+from clip_aesthetics.encoders.backbones import load_backbone
+from clip_aesthetics.pipeline.images import find_images
+from clip_aesthetics.runs import score as scoring
+from clip_aesthetics.runs.resumable import parts_folder_for
 from conftest import TINY_CLIP_CONFIG, save_open_clip_dir
 from test_cli_score import PROMPT_ARGS
 from test_zeroshot import GROUPS, reference_scores
@@ -155,13 +155,13 @@ def test_sigint_keeps_parts_and_exits_130(many_photos: Path, tmp_path: Path, tin
 
 SLOW_SCORE = """
 import sys, time
-import clip_aesthetics.scoring as scoring
+import clip_aesthetics.runs.score as scoring
 real = scoring.iter_scored
 def slow(*args, **kwargs):
     for batch in real(*args, **kwargs):
         yield batch
         time.sleep(0.4)
-scoring.iter_scored = slow  # the CLI imports it from clip_aesthetics.scoring when a run starts
+scoring.iter_scored = slow  # the CLI imports it from clip_aesthetics.runs.score when a run starts
 from clip_aesthetics.cli import app
 app(sys.argv[1:], prog_name="clip-aesthetics")
 """

@@ -133,7 +133,7 @@ def test_embed_takes_the_split_files(ava: Path, tmp_path: Path, tiny_clip_spec: 
 def test_reproduce_takes_the_files_under_either_recipe_and_refuses_them_with_another_kind(
     tmp_path: Path,
 ) -> None:
-    from clip_aesthetics.reproduce import ReproduceConfig
+    from clip_aesthetics.study.reproduce import ReproduceConfig
 
     folder = tmp_path / "split"
     for recipe in ("paper", "improved"):

@@ -11,12 +11,12 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from clip_aesthetics.backbones import load_backbone
 from clip_aesthetics.cli import app
-from clip_aesthetics.culling.taste import _ridge_path, fit_taste, read_ratings_csv
+from clip_aesthetics.culling.fit_taste import _ridge_path, fit_taste, read_ratings_csv
 from clip_aesthetics.culling.xmp import Labels, write_labels
-from clip_aesthetics.images import iter_batches
+from clip_aesthetics.encoders.backbones import load_backbone
 from clip_aesthetics.metrics import srcc
+from clip_aesthetics.pipeline.images import iter_batches
 from clip_aesthetics.scorers import load_scorer
 from conftest import photo
 from test_cli_score import PROMPT_ARGS
@@ -145,7 +145,7 @@ def test_taste_fit_command_writes_a_scorer_for_score(tmp_path: Path, tiny_clip_s
 
 
 def test_ratings_from_csv_before_sidecars_and_broken_sidecars_reported(tmp_path: Path) -> None:
-    from clip_aesthetics.culling.taste import ratings_for
+    from clip_aesthetics.culling.fit_taste import ratings_for
 
     paths = [tmp_path / f"{n}.jpg" for n in "abcd"]
     write_labels(paths[0], Labels(4, None))
@@ -172,7 +172,7 @@ def test_ratings_from_csv_before_sidecars_and_broken_sidecars_reported(tmp_path:
 def test_only_the_photographers_ratings_are_learned_from(tmp_path: Path) -> None:
     """Ratings `cull --xmp` wrote are left out; embedded ones count; each source is counted."""
     from clip_aesthetics.culling.cull import write_sidecars
-    from clip_aesthetics.culling.taste import ratings_for
+    from clip_aesthetics.culling.fit_taste import ratings_for
 
     paths = [tmp_path / f"{n}.jpg" for n in "abcd"]
     for path in paths:
@@ -203,8 +203,8 @@ def test_ratings_csv_refuses_values_that_are_not_stars(tmp_path: Path, value: st
 
 
 def test_a_taste_head_on_other_weights_warns_as_a_probe_does(tmp_path: Path, tiny_clip_spec: str) -> None:
-    from clip_aesthetics.culling.taste import taste_scorer
-    from clip_aesthetics.prompts import PromptGroups
+    from clip_aesthetics.culling.fit_taste import taste_scorer
+    from clip_aesthetics.encoders.prompts import PromptGroups
     from clip_aesthetics.scorers import ZeroShotScorer
     from clip_aesthetics.scorers.registry import save_scorer
     from conftest import TINY_CLIP_CONFIG, save_open_clip_dir

@@ -14,8 +14,8 @@ from safetensors.torch import load_file
 from torch.nn import functional as F
 
 from clip_aesthetics import ZeroShotScorer, load_backbone, load_scorer, save_scorer
-from clip_aesthetics.backbones import Backbone, _clip_preprocess, causal_text_tower
-from clip_aesthetics.prompts import (
+from clip_aesthetics.encoders.backbones import Backbone, _clip_preprocess, causal_text_tower
+from clip_aesthetics.encoders.prompts import (
     IMAGENET_CLASSES,
     PromptGroups,
     cache_dir,

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from clip_aesthetics import ZeroShotScorer, load_backbone
-from clip_aesthetics import images as image_pipeline
-from clip_aesthetics.images import model_threads
-from clip_aesthetics.prompts import PromptGroups
-from clip_aesthetics.scoring import iter_scored
+from clip_aesthetics.encoders import compute
+from clip_aesthetics.encoders.compute import model_threads
+from clip_aesthetics.encoders.prompts import PromptGroups
+from clip_aesthetics.runs.score import iter_scored
 
 GROUPS = PromptGroups(("a good photo",), ("a bad photo",))
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
@@ -20,8 +20,8 @@ CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 @pytest.fixture
 def eight_cores(monkeypatch):
     """A machine of 8 cores with torch at its default of one thread per core (restored after)."""
-    monkeypatch.setattr(image_pipeline, "usable_cores", lambda: 8)
-    monkeypatch.setattr(image_pipeline, "idle_cores", lambda: 8.0)  # nothing else running
+    monkeypatch.setattr(compute, "usable_cores", lambda: 8)
+    monkeypatch.setattr(compute, "idle_cores", lambda: 8.0)  # nothing else running
     before = torch.get_num_threads()
     torch.set_num_threads(8)
     yield
@@ -48,19 +48,19 @@ def test_rule(eight_cores, workers: int, device, expected: int) -> None:
     ("idle", "workers", "expected"), [(5.6, 2, 4), (1.3, 1, 1), (1.3, 0, 1), (0.0, 0, 1)]
 )
 def test_other_programs_take_their_cores_too(eight_cores, monkeypatch, idle, workers, expected) -> None:
-    monkeypatch.setattr(image_pipeline, "idle_cores", lambda: idle)
+    monkeypatch.setattr(compute, "idle_cores", lambda: idle)
     assert model_threads(workers, CPU) == expected
 
 
 def test_idle_cores_are_measured() -> None:
-    assert 0.0 <= image_pipeline.idle_cores() <= image_pipeline.usable_cores() + 0.01
+    assert 0.0 <= compute.idle_cores() <= compute.usable_cores() + 0.01
 
 
 def test_prompts_encode_on_the_idle_cores(eight_cores, tiny_clip_spec: str, monkeypatch) -> None:
-    from clip_aesthetics.prompts import encode_texts
+    from clip_aesthetics.encoders.prompts import encode_texts
 
     backbone = load_backbone(tiny_clip_spec, device="cpu")
-    monkeypatch.setattr(image_pipeline, "idle_cores", lambda: 1.2)  # another program holds 7 of 8 cores
+    monkeypatch.setattr(compute, "idle_cores", lambda: 1.2)  # another program holds 7 of 8 cores
     seen: list[int] = []
     hook = backbone.model.transformer.resblocks[0].register_forward_pre_hook(
         lambda *_: seen.append(torch.get_num_threads())

@@ -17,9 +17,9 @@ from safetensors.torch import save_file
 
 from clip_aesthetics import load_backbone, load_scorer, save_scorer
 from clip_aesthetics.datasets import make_synthetic_ava
+from clip_aesthetics.encoders.prompts import encode_texts
 from clip_aesthetics.features.embed import DatasetSpec, embed_dataset
 from clip_aesthetics.fileio import folder_digest
-from clip_aesthetics.prompts import encode_texts
 from clip_aesthetics.scorers import ProbeScorer
 from clip_aesthetics.scorers.probe import ProbeHead
 from conftest import TINY_CLIP_CONFIG, hub_snapshot, save_open_clip_dir

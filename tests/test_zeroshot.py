@@ -12,8 +12,7 @@ import torch
 from PIL import Image
 
 from clip_aesthetics import ZeroShotScorer, load_backbone, load_scorer, save_scorer
-from clip_aesthetics.images import find_images
-from clip_aesthetics.prompts import (
+from clip_aesthetics.encoders.prompts import (
     IMAGENET_CLASSES,
     PromptGroups,
     PromptRecipe,
@@ -21,7 +20,8 @@ from clip_aesthetics.prompts import (
     encode_texts,
     load_prompt_file,
 )
-from clip_aesthetics.scoring import score_paths
+from clip_aesthetics.pipeline.images import find_images
+from clip_aesthetics.runs.score import score_paths
 
 GROUPS = PromptGroups(("a stunning photo", "a masterpiece"), ("a dull photo",))
 
@@ -173,7 +173,7 @@ def test_image_only_backbone_refused() -> None:
 
 
 def test_batch_too_large_for_memory_is_split(tiny_clip_spec: str, photo_dir: Path) -> None:
-    from clip_aesthetics.images import iter_batches
+    from clip_aesthetics.pipeline.images import iter_batches
 
     scorer = ZeroShotScorer(load_backbone(tiny_clip_spec, device="cpu"), GROUPS)
     batch = next(
@@ -285,7 +285,7 @@ def test_zeroshot_score_option_picks_the_formula(
 
 
 def test_compare_path_builds_the_zeroshot_scorer_with_the_formula(tiny_clip_spec: str) -> None:
-    from clip_aesthetics.scoring import load_scorer_groups
+    from clip_aesthetics.runs.score import load_scorer_groups
 
     (group,) = load_scorer_groups(["zeroshot"], model=tiny_clip_spec, device="cpu", formula="authors")
     assert [scorer.formula for _, scorer in group] == ["authors"]
@@ -294,6 +294,6 @@ def test_compare_path_builds_the_zeroshot_scorer_with_the_formula(tiny_clip_spec
 
 
 def build_scorer_with_formula(spec: str, formula: str):
-    from clip_aesthetics.scoring import build_scorer
+    from clip_aesthetics.runs.score import build_scorer
 
     return build_scorer("zeroshot", model=spec, device="cpu", formula=formula)

@@ -11,15 +11,15 @@ import importlib
 __version__ = "0.1.0"
 
 _PUBLIC = {
-    "Backbone": "backbones",
-    "load_backbone": "backbones",
+    "Backbone": "encoders.backbones",
+    "load_backbone": "encoders.backbones",
     "Scorer": "scorers",
     "ZeroShotScorer": "scorers",
     "load_scorer": "scorers",
     "save_scorer": "scorers",
-    "ScoreReport": "scoring",
-    "score_paths": "scoring",
-    "build_scorer": "scoring",
+    "ScoreReport": "runs.score",
+    "score_paths": "runs.score",
+    "build_scorer": "runs.score",
 }
 __all__ = [*_PUBLIC, "__version__"]
 

@@ -162,7 +162,7 @@ def create_app(session: ReviewSession, host: str = "127.0.0.1") -> FastAPI:
 
     @api.post("/api/why")
     def why(request: PathRequest) -> dict:
-        from ..images import ImageLoadError
+        from ..pipeline.images import ImageLoadError
 
         try:
             return session.why(request.path)
@@ -197,7 +197,7 @@ def _cache_headers() -> dict:
 def _preview(session: ReviewSession, rel: str, frame: dict) -> Path:
     """The large-view JPEG of a photo (upright), made once and cached with the thumbnails."""
     from ..fileio import atomic_path
-    from ..images import ImageLoadError, open_image
+    from ..pipeline.images import ImageLoadError, open_image
 
     target = session.shoot.cache / "previews" / frame["thumb"]
     if not target.is_file():
@@ -219,7 +219,7 @@ def _original(session: ReviewSession, rel: str, frame: dict) -> Path:
     """The photo at full resolution for the 100% loupe: the file itself where browsers show it, else (RAW,
     HEIC, TIFF) a full decode (LibRaw's for RAW files) saved once as a high-quality JPEG."""
     from ..fileio import atomic_path
-    from ..images import ImageLoadError, open_image
+    from ..pipeline.images import ImageLoadError, open_image
 
     path = session.root / frame["rel"]  # the name on disk (rel is its text form)
     if path.suffix.lower() in BROWSER_FORMATS:

@@ -326,7 +326,7 @@ class ReviewSession:
     def learn_taste(self) -> dict:
         """Fit the personal head on the ratings so far and save it; rank by it only when its
         cross-validated SRCC beats the generic score's (the answer says which, and why)."""
-        from ..culling.taste import fit_taste, stars_of, taste_scorer
+        from ..culling.fit_taste import fit_taste, stars_of, taste_scorer
         from ..scorers.registry import save_scorer
 
         with self.lock:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torchvision.transforms.functional as TF
 
-from ..images import _INTERPOLATIONS, open_image
+from ..pipeline.images import _INTERPOLATIONS, open_image
 
 CELLS = 6  # cells along the long side of the frame
 

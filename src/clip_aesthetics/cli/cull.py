@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from .app import EXIT_NOTHING_DONE, app, console, fail, user_errors, warn
+from .main import EXIT_NOTHING_DONE, app, console, fail, user_errors, warn
 from .options import BatchSize, Device, Precision, Pretrained, Workers, ZeroShotScore
 
 taste_app = typer.Typer(no_args_is_help=True, help="Learn your own taste from your ratings.")
@@ -21,7 +21,7 @@ MODEL_HELP = "Backbone: ViT-B-32, hf-hub:org/repo, local-dir:PATH (default: the 
 
 def _scorer(scorer_file, model, pretrained, positive, negative, prompts, device, zeroshot_score=None):
     """The scorer a command ranks with; it must score image embeddings (they are cached per shoot)."""
-    from ..scoring import build_scorer
+    from ..runs.score import build_scorer
     from .score import check_zeroshot_score, prompt_groups
 
     groups = prompt_groups(positive, negative, prompts)
@@ -100,7 +100,7 @@ def cull(
     from ..culling.cull import cull_rows, write_sidecars
     from ..culling.shoot import analyse_folder
     from ..fileio import check_outputs
-    from ..scoring import check_output_format, errors_path_for, write_rows
+    from ..runs.score import check_output_format, errors_path_for, write_rows
 
     if (reject_duplicates or overwrite_ratings) and not xmp:
         raise fail("--reject-duplicates and --overwrite-ratings change sidecars: add --xmp")
@@ -168,8 +168,8 @@ def taste_fit(
     """Fit a scorer to your own ratings (xmp:Rating or a CSV); usable as `score --scorer FILE`."""
     import numpy as np
 
+    from ..culling.fit_taste import fit_taste, ratings_for, read_ratings_csv, taste_scorer
     from ..culling.shoot import analyse_folder
-    from ..culling.taste import fit_taste, ratings_for, read_ratings_csv, taste_scorer
     from ..fileio import check_outputs
     from ..scorers.registry import save_scorer
 

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from ..constants import DEFAULT_MANIFEST, DEFAULT_MAX_PIXELS
-from .app import app, console, err_console, on_interrupt, user_errors, warn
+from .main import app, console, err_console, on_interrupt, user_errors, warn
 from .options import Dataset, DatasetRoot, MaxPixels
 
 datasets_app = typer.Typer(no_args_is_help=True, help="Dataset tools: check that every image can be read.")

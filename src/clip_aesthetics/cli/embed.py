@@ -9,8 +9,8 @@ import typer
 
 from ..constants import DEFAULT_MODEL
 from ..fileio import atomic_write_json, check_output_folder, check_outputs
-from ..tables import format_metric, print_table
-from .app import (
+from ..runs.tables import format_metric, print_table
+from .main import (
     EXIT_NOTHING_DONE,
     NOTHING_WRITTEN,
     app,
@@ -101,10 +101,10 @@ def embed(
     ] = False,
 ) -> None:
     """Embed every image of a dataset into a resumable feature cache (float16 shards + Parquet + manifest)."""
-    from ..backbones import load_backbone
     from ..datasets import split_kind as resolve_split_kind
+    from ..encoders.backbones import load_backbone
+    from ..encoders.compute import resolve_precision
     from ..features import DatasetSpec, embed_dataset
-    from ..scorers.base import resolve_precision
 
     check_output_folder(output)  # before the model loads
     split_kind = resolve_split_kind(split_kind, split_file)
@@ -158,7 +158,7 @@ def fit_probe_command(
     ] = None,
 ) -> None:
     """Fit a linear probe on cached features (train split); report val and test metrics; save the scorer."""
-    from ..probe import fit_probe
+    from ..features.fit_probe import fit_probe
 
     check_outputs(output)
     if output.suffix != ".safetensors":

@@ -10,8 +10,8 @@ import typer
 
 from ..constants import DEFAULT_MAX_PIXELS, TABLE_METRICS
 from ..fileio import atomic_write_text, check_outputs
-from ..tables import format_interval, format_metric, print_table
-from .app import (
+from ..runs.tables import format_interval, format_metric, print_table
+from .main import (
     EXIT_NOTHING_DONE,
     NOTHING_WRITTEN,
     app,
@@ -41,9 +41,9 @@ from .options import (
 from .score import check_scorer_file_options, check_zeroshot_score, prompt_groups
 
 if TYPE_CHECKING:  # the library is imported inside the commands, so that --help is instant
-    from ..evaluation import EvaluationResult, EvaluationSet
+    from ..encoders.prompts import PromptGroups
     from ..features.hub import CachedFeatures
-    from ..prompts import PromptGroups
+    from ..runs.evaluate import EvaluationResult, EvaluationSet
     from ..scorers.base import Scorer
 
 METHODS = ("zeroshot", "probe", "finetune")
@@ -140,7 +140,7 @@ def _report_failed(result: EvaluationResult) -> None:
 def _load_set(
     root: Path, dataset: str, split: str, kind: str, seed: int | None, manifest: Path | None
 ) -> EvaluationSet:
-    from ..evaluation import load_split
+    from ..runs.evaluate import load_split
 
     evaluation_set = load_split(dataset, root, split, kind, seed=seed, manifest=manifest)
     report = evaluation_set.dataset.report
@@ -193,9 +193,15 @@ def evaluate(
     features: FeatureCaches = None,
 ) -> None:
     """Evaluate one scorer on a labelled dataset split: metrics JSON, predictions CSV, optional plots."""
-    from ..evaluation import evaluate_scorer, metrics_document, plot_evaluation, write_json, write_predictions
     from ..features.hub import open_caches
-    from ..report import write_html
+    from ..runs.evaluate import (
+        evaluate_scorer,
+        metrics_document,
+        plot_evaluation,
+        write_json,
+        write_predictions,
+    )
+    from ..runs.html_report import write_html
 
     _check_suffix(output, ".json", "--output")
     _check_suffix(predictions, ".csv", "--predictions")
@@ -255,7 +261,7 @@ def _check_caches(caches: list[CachedFeatures], scorer: Scorer) -> None:
 
 def evaluation_html(result: EvaluationResult, title: str) -> str:
     """The HTML report of an evaluation: photos by predicted score with their true mean."""
-    from ..report import render_evaluation_report
+    from ..runs.html_report import render_evaluation_report
 
     rows = [
         {
@@ -285,7 +291,7 @@ def _build(
     device: str,
     formula: str | None = None,
 ) -> Scorer:
-    from ..scoring import build_scorer
+    from ..runs.score import build_scorer
 
     check_scorer_file_options(scorer_file, model, pretrained, groups)
     return build_scorer(
@@ -398,8 +404,8 @@ def compare(
 
 def _precision_used(device: str, precision: str) -> str:
     """The precision ``auto`` stands for here (the rule every command shares), recorded with the metrics."""
-    from ..backbones import resolve_device
-    from ..scorers.base import resolve_precision
+    from ..encoders.backbones import resolve_device
+    from ..encoders.compute import resolve_precision
 
     return resolve_precision(resolve_device(device), precision)
 
@@ -408,8 +414,8 @@ def _evaluate_by_encoder(
     sources: list[str], zeroshot_options: dict, evaluation_set: EvaluationSet, options: dict
 ) -> dict[int, EvaluationResult]:
     """Results by source index; heads on one encoder together, so each image is encoded once for them."""
-    from ..evaluation import evaluate_scorers
-    from ..scoring import load_scorer_groups
+    from ..runs.evaluate import evaluate_scorers
+    from ..runs.score import load_scorer_groups
 
     results: dict[int, EvaluationResult] = {}
     used: set[Path] = set()
@@ -434,7 +440,7 @@ def _write_comparison(
     output: Path,
     json_output: Path | None,
 ) -> None:
-    from ..evaluation import comparison_markdown, comparison_row, package_versions, write_json
+    from ..runs.evaluate import comparison_markdown, comparison_row, package_versions, write_json
 
     rows = [comparison_row(name, result) for name, result in named]
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -8,8 +8,8 @@ from pathlib import Path
 import typer
 
 from ..fileio import check_output_folder
-from ..tables import format_metric
-from .app import app, console, on_interrupt, user_errors
+from ..runs.tables import format_metric
+from .main import app, console, on_interrupt, user_errors
 
 FINETUNE_TEST_METRICS = (("srcc", "SRCC"), ("plcc", "PLCC"), ("accuracy", "acc"))
 

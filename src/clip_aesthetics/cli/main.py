@@ -229,7 +229,7 @@ def is_user_error(exc: BaseException) -> bool:
     ImageLoadError is looked up in ``sys.modules`` rather than imported: importing the image pipeline costs
     torch, and if it was never imported, the error cannot have been raised.
     """
-    images = sys.modules.get("clip_aesthetics.images")
+    images = sys.modules.get("clip_aesthetics.pipeline.images")
     return isinstance(exc, USER_ERRORS) or (images is not None and isinstance(exc, images.ImageLoadError))
 
 

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from .app import app, console
+from .main import app, console
 
 
 @app.command()
 def models() -> None:
     """List the known backbones and mark which have their weights in the local Hugging Face cache."""
-    from ..tables import print_table
-    from ..weights import backbone_rows
+    from ..encoders.weights import backbone_rows
+    from ..runs.tables import print_table
 
     header = ("model", "pretrained", "offline", "what", "Hugging Face repo")
     rows = [

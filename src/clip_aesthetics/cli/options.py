@@ -66,7 +66,7 @@ def batch_size_for(device: str, batch_size: int | None) -> int:
     """
     if batch_size is not None:
         return batch_size
-    from ..backbones import resolve_device  # torch: only once a command runs
+    from ..encoders.backbones import resolve_device  # torch: only once a command runs
 
     return BATCH_SIZE_CUDA if resolve_device(device).type == "cuda" else BATCH_SIZE_CPU
 

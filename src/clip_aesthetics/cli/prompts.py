@@ -10,8 +10,8 @@ import typer
 
 from ..constants import DEFAULT_MODEL, PROMPT_METRICS, PROMPT_STRATEGIES, SPLITS
 from ..fileio import check_output_folder, check_outputs
-from ..tables import format_metric, print_table
-from .app import NOTHING_WRITTEN, app, console, on_interrupt, user_errors
+from ..runs.tables import format_metric, print_table
+from .main import NOTHING_WRITTEN, app, console, on_interrupt, user_errors
 from .options import (
     BatchSize,
     Dataset,
@@ -70,12 +70,15 @@ def search(
     top: int = typer.Option(10, min=0, help="Rows to show."),
 ) -> None:
     """Rank positive x negative adjective pairs under fixed, context-aware and ensembled prompts."""
-    from ..backbones import load_backbone
     from ..datasets import split_kind as resolve_split_kind
+    from ..encoders.backbones import load_backbone
+    from ..encoders.prompts import CLASS_LISTS, NEGATIVE_ADJECTIVES, POSITIVE_ADJECTIVES
     from ..features.cache import load_features
     from ..features.embed import DatasetSpec, embed_dataset
     from ..metrics import check_threshold
-    from ..prompt_search import (
+    from ..scorers import save_scorer
+    from ..scorers.zeroshot import check_formula
+    from ..study.prompt_search import (
         best_scorer,
         contents_for,
         embed_adjectives,
@@ -84,9 +87,6 @@ def search(
         similarities,
         write_results,
     )
-    from ..prompts import CLASS_LISTS, NEGATIVE_ADJECTIVES, POSITIVE_ADJECTIVES
-    from ..scorers import save_scorer
-    from ..scorers.zeroshot import check_formula
 
     if split not in SPLITS:
         raise ValueError(f"--split takes one of {', '.join(SPLITS)}, not {split!r}")

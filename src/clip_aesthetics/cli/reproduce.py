@@ -8,8 +8,8 @@ import typer
 from rich.table import Table
 
 from ..constants import DEFAULT_IMAGENET_MODEL, DEFAULT_MODEL, REPRODUCE_STEPS
-from ..tables import format_metric
-from .app import app, console, user_errors
+from ..runs.tables import format_metric
+from .main import app, console, user_errors
 
 RECIPE_HELP = (
     "paper (default): the authors' settings wherever a reported figure depends on them: their split files "
@@ -72,7 +72,7 @@ def reproduce(
     ),
 ) -> None:
     """Reproduce the study: zero-shot prompts, CLIP vs ImageNet probes, CLIP vs ImageNet fine-tuning."""
-    from ..reproduce import ReproduceConfig, Study, write_report
+    from ..study.reproduce import ReproduceConfig, Study, write_report
 
     config = ReproduceConfig(
         ava=str(root),

@@ -11,7 +11,7 @@ import typer
 
 from ..constants import DEFAULT_MAX_PIXELS, DEFAULT_MAX_THUMBNAILS
 from ..fileio import text_name
-from .app import (
+from .main import (
     EXIT_INTERRUPTED,
     EXIT_NOTHING_DONE,
     app,
@@ -25,8 +25,8 @@ from .app import (
 from .options import BatchSize, CpuBf16Precision, ZeroShotScore, batch_size_for
 
 if TYPE_CHECKING:  # the library is imported inside the commands, so that --help is instant
-    from ..prompts import PromptGroups
-    from ..stored_embeddings import StoredEmbeddings
+    from ..encoders.prompts import PromptGroups
+    from ..runs.from_embeddings import StoredEmbeddings
 from .shards import score_shards_command, wants_shard_mode
 
 
@@ -34,7 +34,7 @@ def prompt_groups(
     positive: list[str] | None, negative: list[str] | None, prompts: Path | None, contents: str | None = None
 ) -> PromptGroups | None:
     """Custom prompts from the command line or a file; None keeps the paper's defaults."""
-    from ..prompts import PromptGroups, load_prompt_file
+    from ..encoders.prompts import PromptGroups, load_prompt_file
 
     if prompts is not None and (positive or negative):
         raise ValueError("use either --prompts FILE or --positive/--negative, not both")
@@ -51,8 +51,8 @@ def prompt_groups(
 
 def default_prompts_over(contents: str) -> PromptGroups:
     """The paper's adjectives over other content words (a class-name list, a file or a,b)."""
-    from ..prompt_search import contents_for
-    from ..prompts import PromptGroups, PromptRecipe, expand
+    from ..encoders.prompts import PromptGroups, PromptRecipe, expand
+    from ..study.prompt_search import contents_for
 
     words, recipe = contents_for(contents), PromptRecipe()
     return PromptGroups(expand(recipe.positive_adjectives, words), expand(recipe.negative_adjectives, words))
@@ -183,9 +183,9 @@ def score(
     Results are written in parts as batches finish (in .OUTPUT.parts/ beside the output); rerunning the
     same command after an interruption continues where it stopped.
     """
-    from ..report import render_score_report, write_html
-    from ..score_run import Outputs, ScoreInterrupted, ScoreRun, default_part_rows
-    from ..scoring import ScoreReport, build_scorer
+    from ..runs.html_report import render_score_report, write_html
+    from ..runs.resumable import Outputs, ScoreInterrupted, ScoreRun, default_part_rows
+    from ..runs.score import ScoreReport, build_scorer
 
     groups = prompt_groups(positive, negative, prompts, contents)
     check_scorer_file_options(scorer_file, model, pretrained, groups)
@@ -271,9 +271,9 @@ def score(
 
 def _image_batches(scorer, files: list[Path], *, precision: str, decode: str, **pipeline):
     """The options that change image scores (recorded with the parts) and the batch source for a run."""
-    from ..images import resolve_decode
-    from ..scorers.base import resolve_precision
-    from ..scoring import iter_scored
+    from ..encoders.compute import resolve_precision
+    from ..pipeline.images import resolve_decode
+    from ..runs.score import iter_scored
 
     options = {
         "batch_size": pipeline["batch_size"],
@@ -301,8 +301,8 @@ def _inputs(
     paths: list[Path] | None, from_embeddings: Path | None, embeddings: bool, files_from: str | None = None
 ):
     """(stored embeddings, None) or (None, image files) from the arguments."""
-    from ..images import find_images
-    from ..stored_embeddings import StoredEmbeddings
+    from ..pipeline.images import find_images
+    from ..runs.from_embeddings import StoredEmbeddings
 
     if from_embeddings is not None:
         if paths or files_from:
@@ -342,7 +342,7 @@ def read_file_list(source: str) -> list[str]:
 
 
 def _nothing_scored(result) -> str:
-    from ..scoring import NON_FINITE
+    from ..runs.score import NON_FINITE
 
     if result.n_non_finite:
         return f"none of the {result.n_inputs} images got a score: {NON_FINITE} for {result.n_non_finite}" + (
@@ -352,10 +352,10 @@ def _nothing_scored(result) -> str:
 
 
 def _summary(result, top: int) -> None:
-    from ..scoring import NON_FINITE
+    from ..runs.score import NON_FINITE
 
     if top and result.top_rows:
-        from ..tables import print_table
+        from ..runs.tables import print_table
 
         rows = [(str(r["rank"]), f"{r['score']:.3f}", r["label"], r["path"]) for r in result.top_rows]
         title = f"Top {len(result.top_rows)} of {result.n_scored}"

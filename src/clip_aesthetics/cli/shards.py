@@ -11,7 +11,7 @@ from pathlib import Path
 
 import typer
 
-from .app import EXIT_INTERRUPTED, EXIT_NOTHING_DONE, app, console, fail, user_errors, warn
+from .main import EXIT_INTERRUPTED, EXIT_NOTHING_DONE, app, console, fail, user_errors, warn
 
 
 def is_folder_output(output: str | None) -> bool:

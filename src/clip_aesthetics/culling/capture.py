@@ -48,7 +48,7 @@ def capture_time(path: str | os.PathLike) -> CaptureTime:
 def read_exif(path: str | os.PathLike) -> Image.Exif:
     """The EXIF block of a photo: Pillow's formats (HEIC included) from their header; TIFF-based RAW files
     (NEF, CR2, ARW, DNG, PEF, ...) from their first IFDs; other RAW files (CR3, RAF) from their preview."""
-    from ..images import is_raw_file  # registers the HEIC opener too
+    from ..pipeline.images import is_raw_file  # registers the HEIC opener too
 
     if not is_raw_file(path):
         with Image.open(path) as opened:

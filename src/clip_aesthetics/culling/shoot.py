@@ -24,10 +24,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..encoders.compute import autocast
+from ..encoders.prompts import cache_dir
 from ..fileio import atomic_path, atomic_write_json
-from ..images import DEFAULT_MAX_PIXELS, find_images, is_raw_file, iter_batches
-from ..prompts import cache_dir
-from ..scorers.base import autocast
+from ..pipeline.images import DEFAULT_MAX_PIXELS, find_images, is_raw_file, iter_batches
 from .capture import capture_time
 from .technical import SHARPNESS_SCALE, technical, tone_signature
 

@@ -11,10 +11,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..backbones import PreprocessConfig
 from ..constants import DEFAULT_MANIFEST, DEFAULT_MAX_PIXELS, EVAL_DATASETS
+from ..encoders.backbones import PreprocessConfig
 from ..fileio import check_writable
-from ..images import iter_batches
+from ..pipeline.images import iter_batches
 from . import ParsedDataset, load_dataset, write_broken_manifest
 
 # Only readability matters: a tiny target lets JPEGs decode at 1/8 scale (PIL draft), which still reads
@@ -57,7 +57,7 @@ def verify_dataset(
         dataset: One of :data:`~clip_aesthetics.constants.EVAL_DATASETS`.
         root: The dataset folder (``csv``: the CSV file).
         manifest: Where to write the manifest; default ``broken_images.json`` in the dataset folder.
-        batch_size, workers, max_pixels, progress: see :func:`~clip_aesthetics.images.iter_batches`.
+        batch_size, workers, max_pixels, progress: see :func:`~clip_aesthetics.pipeline.images.iter_batches`.
     """
     if dataset not in EVAL_DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; choose one of {', '.join(EVAL_DATASETS)}")

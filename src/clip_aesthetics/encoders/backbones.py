@@ -22,8 +22,8 @@ import timm
 import torch
 from torch import nn
 
-from .constants import DEFAULT_MODEL, DEFAULT_PRETRAINED
-from .fileio import file_digest, folder_digest
+from ..constants import DEFAULT_MODEL, DEFAULT_PRETRAINED
+from ..fileio import file_digest, folder_digest
 from .known_weights import KnownWeights, architecture, identify_file, remember, weights_file
 from .weights import WeightsNotFoundError, hub_file, snapshot_identity
 
@@ -65,7 +65,7 @@ class Backbone(nn.Module):
         feature_dim: width of :meth:`encode_image` output.
         preprocess_cfg: the model's own preprocessing.
         known_weights: the published weights these are (``ViT-B-32:openai``), recognised by their content
-            whatever route they came by (:mod:`~clip_aesthetics.known_weights`); None when unknown.
+            whatever route they came by (:mod:`~clip_aesthetics.encoders.known_weights`); None when unknown.
         weights_id: the weights' identity, which changes whenever the weights do (caches are keyed on it):
             a tag, a hub repository at its revision, or the sha256 of a weights file or local-dir folder.
     """
@@ -325,7 +325,7 @@ def _clip_preprocess(model: nn.Module) -> PreprocessConfig:
 def _quick_gelu_for_file(name: str, path: str) -> bool:
     """QuickGELU for a weights file: what its content is known to need, never what its name suggests.
 
-    Unknown content (see :mod:`~clip_aesthetics.known_weights`) of an architecture that has QuickGELU
+    Unknown content (see :mod:`~clip_aesthetics.encoders.known_weights`) of an architecture that has QuickGELU
     weights (OpenAI's) gets the architecture's own GELU and a warning naming the ``-quickgelu`` model.
     """
     known = identify_file(path)

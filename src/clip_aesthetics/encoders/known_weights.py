@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from functools import cache
 from pathlib import Path
 
-from .fileio import atomic_write_json, file_digest
+from ..fileio import atomic_write_json, file_digest
 
 REGISTRY_NAME = "known_weights.json"
 _SHA256 = re.compile(r"[0-9a-f]{64}")

@@ -28,15 +28,17 @@ from open_clip import IMAGENET_CLASSNAMES
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .fileio import atomic_path, read_text
-from .progress import progress_bar
+from ..fileio import atomic_path, read_text
+from ..progress import progress_bar
 
 FIXED_TEMPLATE = "a {adjective} picture"
 CONTEXT_TEMPLATE = "a {adjective} picture of a {content}"
 
 
 def _authors_class_names() -> tuple[str, ...]:
-    text = resources.files(__package__).joinpath("data/imagenet_classes.txt").read_text(encoding="utf-8")
+    text = (
+        resources.files("clip_aesthetics").joinpath("data/imagenet_classes.txt").read_text(encoding="utf-8")
+    )
     return tuple(line.strip() for line in text.splitlines() if line.strip())
 
 
@@ -209,10 +211,10 @@ def encode_texts(
 
     The cache holds the text tower's output as it is; ``normalize=False`` returns it so (the authors'
     zero-shot formula averages unnormalised embeddings), the default L2-normalises each row. ``precision``
-    follows the image tower's rule for bulk work (:func:`~clip_aesthetics.scorers.base.resolve_precision`
+    follows the image tower's rule for bulk work (:func:`~clip_aesthetics.encoders.compute.resolve_precision`
     with ``cpu_bf16``): ``auto`` is bf16 on CUDA and on CPUs with native bf16, fp32 elsewhere.
     """
-    from .scorers.base import resolve_precision
+    from ..encoders.compute import resolve_precision
 
     precision = resolve_precision(backbone.device, precision, cpu_bf16=True)
     use_cache = use_cache and not backbone.weights_id.endswith(":random")  # drawn anew by each load
@@ -242,8 +244,7 @@ def _encode_by_length(backbone, texts, batch_size: int, precision: str) -> torch
     The tower runs each batch up to its longest text (``Backbone.encode_text``), so sorting by length
     leaves little padding: the 2 x 1,000 default prompts average 9 of 77 tokens.
     """
-    from .images import threads_beside_workers
-    from .scorers.base import autocast
+    from ..encoders.compute import autocast, threads_beside_workers
 
     tokens = backbone.tokenize(list(texts))
     # by length, then by the tokens themselves: prompts of one adjective share a batch and its first words

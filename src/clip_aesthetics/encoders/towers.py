@@ -24,8 +24,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..metrics import N_BINS
 from .backbones import Backbone
-from .metrics import N_BINS
 
 
 def score_bins(device: torch.device | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:

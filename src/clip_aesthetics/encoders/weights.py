@@ -16,7 +16,7 @@ from urllib.parse import urlparse
 from huggingface_hub import constants as hf_constants
 from huggingface_hub import hf_hub_download, try_to_load_from_cache
 
-from .fileio import file_digest
+from ..fileio import file_digest
 
 
 class WeightsNotFoundError(RuntimeError):

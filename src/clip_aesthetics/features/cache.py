@@ -30,11 +30,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .. import __version__
-from ..backbones import Backbone
 from ..constants import VOTE_COLUMNS
 from ..datasets import Record
+from ..encoders.backbones import Backbone
+from ..encoders.compute import resolve_precision
 from ..fileio import atomic_path, atomic_write_text, name_from_text, text_name
-from ..scorers.base import resolve_precision
 
 CACHE_FORMAT = "clip-aesthetics-features"
 FORMAT_VERSION = 1

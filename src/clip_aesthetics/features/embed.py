@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..backbones import Backbone
 from ..datasets import Record, load_and_split, load_dataset
-from ..images import iter_batches, resolve_decode
-from ..scorers.base import autocast
+from ..encoders.backbones import Backbone
+from ..encoders.compute import autocast
+from ..pipeline.images import iter_batches, resolve_decode
 from .cache import (
     FEATURE_DTYPE,
     OpenShard,
@@ -170,7 +170,7 @@ def embed_records(
         source: the dataset and split description stored in the manifest (from :func:`dataset_records`).
         batch_size: images per model call; must divide ``shard_size``.
         shard_size: records per shard file (default: the multiple of ``batch_size`` nearest 4096).
-        workers: decoding processes (see :func:`~clip_aesthetics.images.iter_batches`).
+        workers: decoding processes (see :func:`~clip_aesthetics.pipeline.images.iter_batches`).
         precision: ``auto`` (bf16 on CUDA, fp32 on CPU), ``fp32``, ``bf16`` or ``fp16``.
         decode: JPEG decoding, ``auto`` (nvJPEG on CUDA), ``cpu`` or ``gpu``.
         overwrite: rebuild a cache made with another backbone, preprocessing or dataset.

@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .features import FeatureSet, load_features
-from .metrics import compute_metrics
-from .scorers.probe import TARGETS, ProbeHead, probe_config
-from .scorers.registry import save_scorer
+from ..metrics import compute_metrics
+from ..scorers.probe import TARGETS, ProbeHead, probe_config
+from ..scorers.registry import save_scorer
+from . import FeatureSet, load_features
 
 SOLVERS = ("ols", "ridge")
 ALPHA_EXPONENTS = np.linspace(-6, 3, 37)  # the auto grid is n_train * 10^k

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ..datasets import Record
-from ..images import iter_batches
+from ..pipeline.images import iter_batches
 from ..scorers.base import ScoreOutput, Scorer, encoder_identity
 from .cache import load_features, read_manifest
 
@@ -208,7 +208,8 @@ def score_records(
         scorers: any scorers; heads with equal :meth:`~Scorer.encoder_key` share one pass.
         records: the records to score, in order (``path`` None counts as a failure).
         caches: complete feature caches; a group uses the first one that matches its encoder.
-        precision, decode: see :meth:`Scorer.score_images` and :func:`~clip_aesthetics.images.iter_batches`.
+        precision, decode: see :meth:`Scorer.score_images` and
+            :func:`~clip_aesthetics.pipeline.images.iter_batches`.
         pipeline: ``batch_size``, ``workers``, ``max_pixels``, ``progress`` for the image pipeline.
     """
     results = [RecordScores(np.full(len(records), np.nan)) for _ in scorers]

@@ -1,9 +1,10 @@
 """Data for fine-tuning: labelled splits as target tensors, per-epoch shards, and batch augmentation.
 
-Images are decoded every epoch by the shared pipeline (:func:`clip_aesthetics.images.iter_batches`: worker
-processes, uint8 tensors, pinned memory); nothing holds the decoded dataset in memory. Each epoch's order is
-a seeded permutation (``DistributedSampler`` semantics: padded to a multiple of the process count, then
-strided by rank), so it depends only on (seed, epoch, rank) and a resumed run sees the same order.
+Images are decoded every epoch by the shared pipeline
+(:func:`clip_aesthetics.pipeline.images.iter_batches`: worker processes, uint8 tensors, pinned memory);
+nothing holds the decoded dataset in memory. Each epoch's order is a seeded permutation
+(``DistributedSampler`` semantics: padded to a multiple of the process count, then strided by rank), so it
+depends only on (seed, epoch, rank) and a resumed run sees the same order.
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ import torch
 from torch.nn import functional as F
 from torch.utils.data import DistributedSampler
 
-from ..backbones import PreprocessConfig
 from ..datasets import Record, SplitInfo, load_and_split
-from ..images import LoadedBatch, iter_batches
+from ..encoders.backbones import PreprocessConfig
+from ..pipeline.images import LoadedBatch, iter_batches
 from .config import TrainConfig
 from .loss import N_BINS
 

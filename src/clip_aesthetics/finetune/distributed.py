@@ -13,7 +13,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from ..backbones import resolve_device
+from ..encoders.backbones import resolve_device
 
 
 @dataclass(frozen=True)

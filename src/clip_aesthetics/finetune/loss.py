@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
+from ..encoders.towers import distribution_mean, score_bins
 from ..metrics import N_BINS
-from ..towers import distribution_mean, score_bins
 
 __all__ = ["N_BINS", "distribution_mean", "emd", "emd_loss", "get_loss", "mean_mse_loss", "score_bins"]
 

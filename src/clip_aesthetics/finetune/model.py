@@ -1,10 +1,10 @@
-"""Freezing parts of a fine-tuning model's tower (the model itself is :mod:`clip_aesthetics.towers`)."""
+"""Freezing parts of a fine-tuning tower (the model itself is :mod:`clip_aesthetics.encoders.towers`)."""
 
 from __future__ import annotations
 
 from torch import nn
 
-from ..towers import FinetuneModel, image_tower
+from ..encoders.towers import FinetuneModel, image_tower
 
 __all__ = ["FinetuneModel", "freeze", "image_tower", "tower_blocks"]
 

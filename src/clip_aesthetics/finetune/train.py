@@ -19,9 +19,9 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from .. import __version__
-from ..backbones import Backbone, load_backbone
+from ..encoders.backbones import Backbone, load_backbone
+from ..encoders.compute import autocast
 from ..metrics import compute_metrics, emd
-from ..scorers.base import autocast
 from ..scorers.finetuned import FinetunedScorer
 from ..scorers.registry import read_scorer_file, save_scorer
 from . import distributed as dist

@@ -6,8 +6,8 @@ the GPU, applies the orientation and resizes with antialiased bicubic interpolat
 take (PNG, CMYK JPEGs, corrupt data) are decoded on the CPU as usual, so results never depend on the path.
 
 The tensor operations are the same on any device, which is how the tests check them on a CPU: against the
-PIL reference (:func:`clip_aesthetics.images.prepare`), the mean absolute difference is below 1 grey level
-(of 255) and the 99th percentile below 4 (``tests/test_device_decode.py``).
+PIL reference (:func:`clip_aesthetics.pipeline.images.prepare`), the mean absolute difference is below 1 grey
+level (of 255) and the 99th percentile below 4 (``tests/test_device_decode.py``).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg
 
-from .backbones import PreprocessConfig
+from ..encoders.backbones import PreprocessConfig
 
 _INTERPOLATIONS = {
     "bicubic": TF.InterpolationMode.BICUBIC,

@@ -10,10 +10,8 @@ from __future__ import annotations
 import io
 import os
 import signal
-import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,10 +22,11 @@ import torchvision.transforms.functional as TF
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 
-from .backbones import PreprocessConfig
-from .constants import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, RAW_EXTENSIONS
-from .device_decode import decode_on_device, device_decodable, jpeg_header
-from .progress import progress_bar
+from ..constants import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, RAW_EXTENSIONS
+from ..encoders.backbones import PreprocessConfig
+from ..encoders.compute import threads_beside_workers, usable_cores
+from ..progress import progress_bar
+from .gpu_decode import decode_on_device, device_decodable, jpeg_header
 
 pillow_heif.register_heif_opener()  # HEIC/HEIF through Pillow's own API (AVIF is Pillow's own)
 
@@ -362,69 +361,6 @@ def _init_worker(_: int) -> None:
     # Ctrl-C reaches the whole process group: the main process decides what an interrupt means (fine-tuning
     # saves first) and ends its workers; a worker dying on its own would only turn that into a crash.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def usable_cores() -> int:
-    """The cores this process may run on (its CPU affinity, e.g. a container's or ``taskset``'s share)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def model_threads(workers: int, device: torch.device | None = None) -> int:
-    """Torch threads for a CPU model while ``workers`` decoding processes share its cores.
-
-    The rule: the cores that neither the workers nor other programs are using, at least one, never more
-    than torch already uses (a setting of the user's, ``OMP_NUM_THREADS`` or a Ray actor's CPUs). Torch's
-    threads wait for each other at every operation, so one thread waiting for a core stalls them all:
-    on a shared 2-core machine one thread scored 1.3-1.6x faster than two, and encoded prompts 2x faster
-    (docs/benchmarks.md). Other programs are seen by sampling idle time (:func:`idle_cores`), only when
-    more than one thread is possible. A GPU model or no model named (``device=None``) keeps the setting.
-    """
-    current = torch.get_num_threads()
-    if device is None or device.type != "cpu":
-        return current
-    threads = max(1, min(current, usable_cores() - workers))
-    if threads > 1:
-        threads = max(1, min(threads, round(idle_cores()) - workers))
-    return threads
-
-
-def idle_cores(interval: float = 0.1) -> float:
-    """How many of this process's cores sat idle over the next ``interval`` seconds (``/proc/stat``, Linux;
-    elsewhere all of them are taken as free)."""
-    cpus = {f"cpu{n}" for n in os.sched_getaffinity(0)} if hasattr(os, "sched_getaffinity") else set()
-    try:
-        idle_before, total_before = _cpu_ticks(cpus)
-        time.sleep(interval)
-        idle_after, total_after = _cpu_ticks(cpus)
-    except (OSError, ValueError):
-        return float(usable_cores())
-    elapsed = total_after - total_before
-    return len(cpus) * (idle_after - idle_before) / elapsed if elapsed > 0 else float(len(cpus))
-
-
-def _cpu_ticks(cpus: set[str]) -> tuple[int, int]:
-    """Idle (idle + iowait) and total ticks of ``cpus`` so far; total without guest time (inside user)."""
-    idle = total = 0
-    with open("/proc/stat", encoding="ascii") as handle:
-        for line in handle:
-            name, *fields = line.split()
-            if name in cpus:
-                ticks = [int(f) for f in fields[:8]]  # user nice system idle iowait irq softirq steal
-                idle, total = idle + ticks[3] + ticks[4], total + sum(ticks)
-    if not total:
-        raise ValueError("no CPU lines in /proc/stat")
-    return idle, total
-
-
-@contextmanager
-def threads_beside_workers(workers: int, device: torch.device | None = None) -> Iterator[int]:
-    """Set :func:`model_threads` for the duration (torch's setting is process-wide), then restore it."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(model_threads(workers, device))
-    try:
-        yield torch.get_num_threads()
-    finally:
-        torch.set_num_threads(before)
 
 
 def default_workers(device: torch.device | None = None) -> int:

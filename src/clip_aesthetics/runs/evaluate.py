@@ -25,13 +25,13 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__
-from .constants import DEFAULT_MAX_PIXELS, EVAL_DATASETS, N_BINS, SPLITS, TABLE_METRICS
-from .datasets import ParsedDataset, Record, SplitInfo, load_and_split
-from .features.hub import CachedFeatures, score_records
-from .fileio import atomic_savefig, atomic_write, atomic_write_text, text_name
-from .metrics import bootstrap_ci, check_threshold, compute_metrics, emd, mae, mse, plcc, srcc
-from .scorers.base import Scorer
+from .. import __version__
+from ..constants import DEFAULT_MAX_PIXELS, EVAL_DATASETS, N_BINS, SPLITS, TABLE_METRICS
+from ..datasets import ParsedDataset, Record, SplitInfo, load_and_split
+from ..features.hub import CachedFeatures, score_records
+from ..fileio import atomic_savefig, atomic_write, atomic_write_text, text_name
+from ..metrics import bootstrap_ci, check_threshold, compute_metrics, emd, mae, mse, plcc, srcc
+from ..scorers.base import Scorer
 from .tables import format_interval, format_metric, markdown_table
 
 
@@ -249,7 +249,7 @@ def evaluate_scorers(
         bootstrap_seed: Seed of the resampling.
         level: Confidence level of the intervals.
         batch_size, workers, precision, max_pixels, decode, progress: see
-            :func:`~clip_aesthetics.images.iter_batches` and :meth:`Scorer.score_images`.
+            :func:`~clip_aesthetics.pipeline.images.iter_batches` and :meth:`Scorer.score_images`.
         caches: complete ``embed`` caches to take features from instead of decoding images.
     """
     check_threshold(threshold, "--threshold")

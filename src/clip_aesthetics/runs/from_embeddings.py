@@ -19,9 +19,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from .fileio import file_digest, name_from_text, text_name
-from .scorers.base import Scorer
-from .scoring import ScoredBatch, check_embeddings_supported, split_non_finite
+from ..fileio import file_digest, name_from_text, text_name
+from ..scorers.base import Scorer
+from .score import ScoredBatch, check_embeddings_supported, split_non_finite
 
 EMBEDDINGS_FORMAT = "clip-aesthetics-embeddings"
 METADATA_KEY = b"clip_aesthetics"

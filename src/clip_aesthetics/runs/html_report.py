@@ -25,13 +25,13 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
-from . import __version__
-from .constants import DEFAULT_MAX_THUMBNAILS
-from .fileio import atomic_write_text, name_from_text, text_name
-from .images import DEFAULT_MAX_PIXELS, open_image
+from .. import __version__
+from ..constants import DEFAULT_MAX_THUMBNAILS
+from ..fileio import atomic_write_text, name_from_text, text_name
+from ..pipeline.images import DEFAULT_MAX_PIXELS, open_image
 
 if TYPE_CHECKING:
-    from .scoring import ScoreReport
+    from .score import ScoreReport
 
 THUMBNAIL_SIZE = 256
 THUMBNAIL_QUALITY = 80
@@ -313,7 +313,7 @@ def render_score_report(
     """The HTML page of a scoring run: photos best first with rank/score/label, histogram, errors, config.
 
     Args:
-        report: What :func:`~clip_aesthetics.scoring.score_paths` returned; thumbnails are read from the
+        report: What :func:`~clip_aesthetics.runs.score.score_paths` returned; thumbnails are read from the
             rows' paths (an input given as bytes, or a file gone since, gets a placeholder).
         title: Page title and heading.
         max_thumbnails: Embed thumbnails for this many of the best images; the rest are listed without.

@@ -42,8 +42,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from . import __version__
-from .fileio import (
+from .. import __version__
+from ..fileio import (
     OutputLock,
     atomic_path,
     atomic_write_json,
@@ -54,7 +54,7 @@ from .fileio import (
     text_name,
     unchanged_since,
 )
-from .scoring import (
+from .score import (
     BASE_COLUMNS,
     NON_FINITE,
     ScoredBatch,
@@ -386,7 +386,7 @@ class ScoreRun:
     """Score many inputs into part files, then write the ranked outputs (see the module docstring).
 
     ``batches(order)`` produces the :class:`ScoredBatch` results of the inputs at ``order`` (positions into
-    ``names``), batch by batch; e.g. :func:`~clip_aesthetics.scoring.iter_scored` over those files.
+    ``names``), batch by batch; e.g. :func:`~clip_aesthetics.runs.score.iter_scored` over those files.
     ``order`` is always made of whole batches of ``batch_size`` (default: whole parts). With
     ``files=True`` the names are files, fingerprinted before they are read and checked on a rerun.
     """

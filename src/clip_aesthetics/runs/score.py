@@ -2,7 +2,7 @@
 
 :func:`iter_scored` is the pipeline every bulk scoring job shares: it streams :class:`ScoredBatch` objects
 (scores, optionally image embeddings, and the inputs that could not be scored) to whatever sink a caller
-has: :func:`score_paths` keeps them in memory and ranks them, :mod:`~clip_aesthetics.score_run` writes
+has: :func:`score_paths` keeps them in memory and ranks them, :mod:`~clip_aesthetics.runs.resumable` writes
 them to resumable part files.
 """
 
@@ -19,10 +19,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .fileio import atomic_path, sibling_path, text_name
-from .images import DEFAULT_MAX_PIXELS, ImageSource, iter_batches
-from .prompts import PromptGroups
-from .scorers.base import ScoreOutput, Scorer, resolve_precision
+from ..encoders.compute import resolve_precision
+from ..encoders.prompts import PromptGroups
+from ..fileio import atomic_path, sibling_path, text_name
+from ..pipeline.images import DEFAULT_MAX_PIXELS, ImageSource, iter_batches
+from ..scorers.base import ScoreOutput, Scorer
 
 OUTPUT_FORMATS = (".csv", ".jsonl", ".parquet")
 NON_FINITE = "non-finite score"  # the reason given for an image whose score is NaN or infinite
@@ -166,7 +167,7 @@ def score_paths(scorer: Scorer, sources: Sequence[ImageSource], **options) -> Sc
 
     Inputs that cannot be scored do not stop the run: they are returned in ``errors`` with their reason
     (unreadable, or a non-finite score). Options: those of :func:`iter_scored`. For runs too large to keep
-    in memory, or that must survive a kill, use :class:`~clip_aesthetics.score_run.ScoreRun`.
+    in memory, or that must survive a kill, use :class:`~clip_aesthetics.runs.resumable.ScoreRun`.
     """
     start = time.perf_counter()
     scores = np.full(len(sources), np.nan, dtype=np.float64)
@@ -325,8 +326,8 @@ def build_scorer(
         formula: the ``zeroshot`` score, ``cosine`` (default) or ``authors`` (see
             :mod:`~clip_aesthetics.scorers.zeroshot`); a scorer file records its own.
     """
-    from .backbones import DEFAULT_MODEL, load_backbone
-    from .scorers import ZeroShotScorer, load_laion_scorer, load_scorer
+    from ..encoders.backbones import DEFAULT_MODEL, load_backbone
+    from ..scorers import ZeroShotScorer, load_laion_scorer, load_scorer
 
     if source == "zeroshot":
         backbone = load_backbone(model or DEFAULT_MODEL, pretrained, device=device, quick_gelu=quick_gelu)
@@ -364,9 +365,9 @@ def load_scorer_groups(
     time if the caller drops each group before asking for the next. Every file's config is read first, so a
     bad file fails before any model is loaded.
     """
-    from .scorers import load_scorer
-    from .scorers.base import encoder_identity
-    from .scorers.registry import backbone_for, read_scorer_config
+    from ..scorers import load_scorer
+    from ..scorers.base import encoder_identity
+    from ..scorers.registry import backbone_for, read_scorer_config
 
     configs = {i: read_scorer_config(s) for i, s in enumerate(sources) if not _is_method(s)}
     keys = {i: None if _own_tower(c) else encoder_identity(c["backbone"]) for i, c in configs.items()}
@@ -396,6 +397,6 @@ def _is_method(source: str) -> bool:
 
 
 def _own_tower(config: dict) -> bool:
-    from .scorers.registry import scorer_class
+    from ..scorers.registry import scorer_class
 
     return bool(getattr(scorer_class(config.get("method")), "holds_tower_weights", False))

@@ -3,8 +3,9 @@
 A scorer maps normalised images to a mean aesthetic score on AVA's 1-10 scale (higher is better) and,
 where the method has one, a distribution over the ten score bins. It is two parts:
 
-- the **encoder**: a frozen :class:`~clip_aesthetics.backbones.Backbone` (open_clip or timm), shared by any
-  number of heads, or a fine-tuned tower carrying its own weights (:meth:`Scorer.encode` is overridden);
+- the **encoder**: a frozen :class:`~clip_aesthetics.encoders.backbones.Backbone` (open_clip or timm), shared
+  by any number of heads, or a fine-tuned tower carrying its own weights (:meth:`Scorer.encode` is
+  overridden);
 - the **head**: what the subclass adds, from features to scores (prompt groups, a linear probe, the LAION
   MLP, a 10-bin head, ...).
 
@@ -21,20 +22,17 @@ labelled data, belongs to every scorer: it changes PLCC and MSE, never a ranking
 
 from __future__ import annotations
 
-import functools
 import json
-import os
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass
-from pathlib import Path
 from typing import ClassVar
 
 import torch
 from torch import nn
 
-from ..backbones import Backbone
-from ..towers import score_bins
+from ..encoders.backbones import Backbone
+from ..encoders.compute import autocast
+from ..encoders.towers import score_bins
 
 SCORE_RANGE = (1.0, 10.0)
 BINS = score_bins()
@@ -223,53 +221,3 @@ def split_on_oom(fn: Callable, images: torch.Tensor, join: Callable):
         torch.cuda.empty_cache()
         half = len(images) // 2
         return join([split_on_oom(fn, images[:half], join), split_on_oom(fn, images[half:], join)])
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX), where a bf16 tower runs ~2x fp32.
-
-    ``CLIP_AESTHETICS_CPU_BF16=0`` answers no (keeps ``auto`` at fp32, e.g. to match open_clip exactly),
-    ``=1`` answers yes.
-    """
-    forced = os.environ.get("CLIP_AESTHETICS_CPU_BF16", "").strip()
-    if forced in ("0", "1"):
-        return forced == "1"
-    return _cpuinfo_bf16()
-
-
-@functools.cache
-def _cpuinfo_bf16() -> bool:
-    try:
-        return bf16_in_cpu_flags(Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace"))
-    except OSError:  # not Linux: keep fp32 (exact) rather than guess
-        return False
-
-
-def bf16_in_cpu_flags(cpuinfo: str) -> bool:
-    """Whether ``/proc/cpuinfo`` text lists AVX512-BF16 or AMX-BF16."""
-    flags = {word for line in cpuinfo.splitlines() if line.startswith("flags") for word in line.split()}
-    return bool(flags & {"avx512_bf16", "amx_bf16"})
-
-
-def resolve_precision(device: torch.device, precision: str, *, cpu_bf16: bool = True) -> str:
-    """``auto`` means bf16 on CUDA and on CPUs that compute bf16 natively (:func:`cpu_has_native_bf16`),
-    else fp32: one rule for every command, so that features embedded for a probe and the same probe
-    evaluated on images give the same metrics (``CLIP_AESTHETICS_CPU_BF16=0`` keeps CPUs at fp32, to match
-    open_clip exactly). ``cpu_bf16=False`` keeps one caller's ``auto`` at fp32 on every CPU.
-    """
-    if precision not in ("auto", "fp32", "bf16", "fp16"):
-        raise ValueError(f"unknown precision {precision!r} (choose auto, fp32, bf16 or fp16)")
-    if precision == "auto":
-        if device.type == "cuda" or (device.type == "cpu" and cpu_bf16 and cpu_has_native_bf16()):
-            return "bf16"
-        return "fp32"
-    return precision
-
-
-def autocast(device: torch.device, precision: str):
-    """Mixed-precision context for ``precision`` on ``device`` (a no-op for fp32)."""
-    precision = resolve_precision(device, precision)
-    if precision == "fp32":
-        return nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)

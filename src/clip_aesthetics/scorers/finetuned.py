@@ -14,8 +14,8 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from ..backbones import Backbone
-from ..towers import FinetuneModel, distribution_mean
+from ..encoders.backbones import Backbone
+from ..encoders.towers import FinetuneModel, distribution_mean
 from .base import Calibration, ScoreOutput, Scorer
 from .registry import register_scorer
 

@@ -10,7 +10,7 @@ roughly 1-10::
     layers.6: Linear(64, 16)      layers.7: Linear(16, 1)
 
 Use it as ``clip-aesthetics score --scorer laion:/path/to/file.pth``; the backbone defaults to ViT-L-14 with
-OpenAI weights (QuickGELU is resolved by :func:`~clip_aesthetics.backbones.load_backbone`).
+OpenAI weights (QuickGELU is resolved by :func:`~clip_aesthetics.encoders.backbones.load_backbone`).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..backbones import Backbone, load_backbone
+from ..encoders.backbones import Backbone, load_backbone
 from .base import Calibration, ScoreOutput, Scorer
 from .registry import register_scorer
 

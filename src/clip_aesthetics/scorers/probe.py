@@ -1,6 +1,6 @@
 """Linear probe scorers (paper section 4.2): standardised frozen image features -> a linear head.
 
-The head is fitted by :func:`clip_aesthetics.probe.fit_probe` on cached features. Two targets:
+The head is fitted by :func:`clip_aesthetics.features.fit_probe.fit_probe` on cached features. Two targets:
 
 - ``mean``: one output, the mean score on 1-10.
 - ``distribution``: ten outputs regressing the vote fractions p_1..p_10. A linear fit with an intercept keeps
@@ -18,7 +18,7 @@ import warnings
 import torch
 from torch import nn
 
-from ..backbones import Backbone
+from ..encoders.backbones import Backbone
 from .base import BINS, Calibration, ScoreOutput, Scorer
 from .registry import register_scorer
 

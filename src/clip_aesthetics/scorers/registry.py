@@ -17,7 +17,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .. import __version__
-from ..backbones import Backbone, load_backbone
+from ..encoders.backbones import Backbone, load_backbone
 from ..fileio import atomic_path, atomic_write_text, read_text
 
 METADATA_KEY = "clip_aesthetics"

@@ -3,7 +3,7 @@
 predicted stars = intercept + prior_slope * generic + weight . f / |f|
 
 where ``generic`` is the zero-shot score (1-10) from the prompt-group embeddings stored in the file, and
-``f`` the image embedding. The head is fitted by :func:`clip_aesthetics.culling.taste.fit_taste`; the
+``f`` the image embedding. The head is fitted by :func:`clip_aesthetics.culling.fit_taste.fit_taste`; the
 penalty on ``weight`` is chosen by cross-validation, so with few or inconsistent ratings the head falls
 back to the generic score (the prior). The score is the predicted stars mapped onto 1-10
 (0 stars -> 1, 5 stars -> 10); ``raw`` is the predicted stars.
@@ -16,7 +16,7 @@ import warnings
 import torch
 from torch.nn import functional as F
 
-from ..backbones import Backbone
+from ..encoders.backbones import Backbone
 from .base import Calibration, ScoreOutput, Scorer
 from .registry import register_scorer
 from .zeroshot import LOGIT_SCALE

@@ -19,8 +19,8 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from ..backbones import Backbone
-from ..prompts import PromptGroups, default_prompts, encode_texts
+from ..encoders.backbones import Backbone
+from ..encoders.prompts import PromptGroups, default_prompts, encode_texts
 from .base import Calibration, ScoreOutput, Scorer
 from .registry import register_scorer
 

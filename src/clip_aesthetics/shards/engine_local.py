@@ -11,7 +11,8 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from ..images import default_workers, draft_size_for, threads_beside_workers
+from ..encoders.compute import threads_beside_workers
+from ..pipeline.images import default_workers, draft_size_for
 from .pipeline import BatchScorer, collate_rows, decode_row, shard_rows
 from .readers import Shard
 

@@ -261,8 +261,7 @@ def run_ray(recipe, scorer, run, options: EngineOptions, indexed: list[tuple[int
     """Scored batches (Arrow tables) for ``indexed`` shards (markers included), as the local engine's."""
     import ray
 
-    from ..images import draft_size_for
-    from .run import read_columns
+    from ..pipeline.images import draft_size_for
 
     started = connect(options.ray_address, options.ray_timeout)
     try:
@@ -276,7 +275,7 @@ def run_ray(recipe, scorer, run, options: EngineOptions, indexed: list[tuple[int
         dataset = dataset.flat_map(
             _read_and_decode,
             fn_kwargs={"cfg": cfg, "max_pixels": options.max_pixels,
-                       "draft_size": draft_size_for(cfg, options.draft), "columns": read_columns(options)},
+                       "draft_size": draft_size_for(cfg, options.draft), "columns": options.read_columns()},
             num_cpus=READ_CPUS,
         )  # fmt: skip
         device = "cuda" if options.gpus_per_actor else "cpu"

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ..prompts import PromptGroups
+    from ..encoders.prompts import PromptGroups
 
 
 @dataclass(frozen=True)
@@ -20,7 +20,7 @@ class ScorerRecipe:
     formula: str | None = None  # the zero-shot score (--zeroshot-score)
 
     def build(self, device: str | None = None):
-        from ..scoring import build_scorer
+        from ..runs.score import build_scorer
 
         return build_scorer(
             self.source, model=self.model, pretrained=self.pretrained, prompts=self.prompts, device=device,
@@ -52,3 +52,7 @@ class EngineOptions:
     actors: int | None = None  # None: from the cluster's CPUs/GPUs (engine_ray.plan_actors)
     gpus_per_actor: float = 0.0
     cpus_per_actor: float | None = None
+
+    def read_columns(self) -> dict:
+        """What the readers take from a shard besides the image."""
+        return {"image_column": self.image_column, "key_column": self.key_column, "metadata": self.metadata}

@@ -19,10 +19,11 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 
-from ..backbones import PreprocessConfig
-from ..images import load_prepared
-from ..scorers.base import Scorer, resolve_precision
-from ..scoring import NON_FINITE
+from ..encoders.backbones import PreprocessConfig
+from ..encoders.compute import resolve_precision
+from ..pipeline.images import load_prepared
+from ..runs.score import NON_FINITE
+from ..scorers.base import Scorer
 from .readers import Shard, ShardReadError, iter_shard
 from .writer import ShardResult
 

@@ -327,7 +327,7 @@ def _open_tar(handle, url: str) -> tarfile.TarFile:
 @functools.cache
 def _image_members() -> tuple[str, ...]:
     """Member extensions a sample's image is taken from, most preferred first (img2dataset writes .jpg)."""
-    from ..images import IMAGE_EXTENSIONS  # here, not at import: images.py loads torch
+    from ..pipeline.images import IMAGE_EXTENSIONS  # here, not at import: images.py loads torch
 
     return ("jpg", "jpeg", "png", "webp", *sorted(e.lstrip(".") for e in IMAGE_EXTENSIONS))
 

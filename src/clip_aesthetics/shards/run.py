@@ -114,7 +114,7 @@ def _check_options(options: EngineOptions) -> None:
     if options.engine not in ("local", "ray"):
         raise ValueError(f"unknown --engine {options.engine!r} (choose local or ray)")
     if options.max_pixels is None:
-        from ..images import DEFAULT_MAX_PIXELS
+        from ..pipeline.images import DEFAULT_MAX_PIXELS
 
         options.max_pixels = DEFAULT_MAX_PIXELS
     options.metadata = tuple(options.metadata)
@@ -123,8 +123,8 @@ def _check_options(options: EngineOptions) -> None:
 
 def run_settings(scorer, options: EngineOptions) -> dict:
     """Everything besides the scorer that changes a shard's rows (recorded in each file, checked on rerun)."""
-    from ..images import draft_size_for
-    from ..scorers.base import resolve_precision
+    from ..encoders.compute import resolve_precision
+    from ..pipeline.images import draft_size_for
 
     device = "cuda" if options.engine == "ray" and options.gpus_per_actor else scorer.device
     return {
@@ -179,17 +179,8 @@ def _engine_batches(
         workers=options.workers,
         max_pixels=options.max_pixels,
         draft=options.draft,
-        columns=read_columns(options),
+        columns=options.read_columns(),
     )
-
-
-def read_columns(options: EngineOptions) -> dict:
-    """What the readers take from a shard besides the image."""
-    return {
-        "image_column": options.image_column,
-        "key_column": options.key_column,
-        "metadata": options.metadata,
-    }
 
 
 def _results(batches, shards: list[Shard]):

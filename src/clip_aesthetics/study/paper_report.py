@@ -12,8 +12,8 @@ import json
 import os
 from pathlib import Path
 
-from .fileio import atomic_savefig, atomic_write_text
-from .tables import format_metric
+from ..fileio import atomic_savefig, atomic_write_text
+from ..runs.tables import format_metric
 
 PAPER = "Hentschel, Kobs & Hotho 2022"
 PAPER_SPLIT = "their random split (25,551 test images)"

@@ -27,11 +27,9 @@ import numpy as np
 import torch
 from scipy.stats import rankdata
 
-from .backbones import Backbone
-from .constants import PROMPT_METRICS as METRICS
-from .fileio import atomic_write_json, atomic_write_text, read_text
-from .metrics import check_threshold
-from .prompts import (
+from ..constants import PROMPT_METRICS as METRICS
+from ..encoders.backbones import Backbone
+from ..encoders.prompts import (
     CLASS_LISTS,
     CONTEXT_TEMPLATE,
     IMAGENET_CLASSES,
@@ -39,8 +37,10 @@ from .prompts import (
     encode_texts,
     expand,
 )
-from .scorers.zeroshot import LOGIT_SCALE, ZeroShotScorer, group_vector, prompt_vectors
-from .tables import format_metric, markdown_table
+from ..fileio import atomic_write_json, atomic_write_text, read_text
+from ..metrics import check_threshold
+from ..runs.tables import format_metric, markdown_table
+from ..scorers.zeroshot import LOGIT_SCALE, ZeroShotScorer, group_vector, prompt_vectors
 
 NEUTRAL_TEMPLATE = "a picture of a {content}"
 WORD_FILE_SUFFIXES = (".txt", ".yaml", ".yml", ".json")

@@ -17,8 +17,8 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from .features.cache import _first_difference as first_difference
-from .fileio import atomic_write_json
+from ..features.cache import _first_difference as first_difference
+from ..fileio import atomic_write_json
 
 SUFFIX = ".provenance.json"
 STALE_FOLDER = "stale"

@@ -3,9 +3,9 @@
 Every step writes a scorer file into the output folder and every scorer is then evaluated the way
 ``clip-aesthetics evaluate --scorer FILE --split test`` does, on the same test records, so each number in the
 report can be re-derived with that command. Work is reused only when it was made from exactly this study's
-setup (see :mod:`clip_aesthetics.provenance`): the same dataset ids and split, the same backbone and weights,
-the same prompts and settings. Anything else is moved aside and rebuilt, and the log says what changed, so a
-rerun gives the numbers of a fresh run into an empty folder.
+setup (see :mod:`clip_aesthetics.study.provenance`): the same dataset ids and split, the same backbone and
+weights, the same prompts and settings. Anything else is moved aside and rebuilt, and the log says what
+changed, so a rerun gives the numbers of a fresh run into an empty folder.
 """
 
 from __future__ import annotations
@@ -17,12 +17,15 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import provenance
-from .backbones import DEFAULT_PRETRAINED, load_backbone, timm_default_preprocess
-from .constants import DEFAULT_IMAGENET_MODEL, DEFAULT_MODEL
-from .constants import REPRODUCE_STEPS as STEPS
-from .datasets import AUTHORS_FRACTIONS, AUTHORS_SEED, split_kind
-from .evaluation import (
+from ..constants import DEFAULT_IMAGENET_MODEL, DEFAULT_MODEL
+from ..constants import REPRODUCE_STEPS as STEPS
+from ..datasets import AUTHORS_FRACTIONS, AUTHORS_SEED, split_kind
+from ..encoders.backbones import DEFAULT_PRETRAINED, load_backbone, timm_default_preprocess
+from ..encoders.compute import resolve_precision
+from ..encoders.prompts import PromptRecipe
+from ..features.embed import DatasetSpec, embed_dataset
+from ..features.fit_probe import fit_probe
+from ..runs.evaluate import (
     EvaluationResult,
     evaluate_scorer,
     load_split,
@@ -30,13 +33,10 @@ from .evaluation import (
     plot_evaluation,
     write_predictions,
 )
-from .features.embed import DatasetSpec, embed_dataset
-from .probe import fit_probe
-from .prompts import PromptRecipe
-from .scorers import ZeroShotScorer, load_scorer, save_scorer
-from .scorers.base import resolve_precision
-from .scorers.zeroshot import FORMULAS
-from .study_report import PUBLISHED, format_metric, write_report_files
+from ..scorers import ZeroShotScorer, load_scorer, save_scorer
+from ..scorers.zeroshot import FORMULAS
+from . import provenance
+from .paper_report import PUBLISHED, format_metric, write_report_files
 
 __all__ = [
     "DEFAULT_IMAGENET_MODEL",
@@ -439,7 +439,7 @@ class Study:
             self._evaluate("probe", f"Linear probe, {kind} {model}", model, key, path, departures)
 
     def _finetune(self) -> None:
-        from .finetune import TrainConfig
+        from ..finetune import TrainConfig
 
         c = self.config
         _, val_fraction, test_fraction = self.fractions
@@ -473,7 +473,7 @@ class Study:
             self._evaluate("finetune", name, model, key, run_dir / "best.safetensors", departures)
 
     def _train_or_resume(self, train, run_dir: Path, wanted: dict) -> None:
-        from .finetune import finetune, resume_config
+        from ..finetune import finetune, resume_config
 
         results = run_dir / "results.json"  # written when a run has finished
         if results.is_file():
