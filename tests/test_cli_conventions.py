@@ -131,6 +131,8 @@ def _interrupt(*args, **kwargs):
         ("compare", "clip_aesthetics.runs.evaluate.evaluate_scorers", "nothing was written"),
         ("embed", "clip_aesthetics.features.embed_dataset", "stay in"),
         ("score", "clip_aesthetics.runs.score.build_scorer", "nothing was written"),
+        ("cull", "clip_aesthetics.culling.shoot.analyse_folder", "rerun the same command"),
+        ("taste", "clip_aesthetics.culling.shoot.analyse_folder", "nothing was written"),
     ],
 )
 def test_ctrl_c_says_what_was_kept_the_same_way_everywhere(
@@ -145,6 +147,8 @@ def test_ctrl_c_says_what_was_kept_the_same_way_everywhere(
         "compare": [demo, "--zeroshot", "--model", tiny_clip_spec, "--output", out.with_suffix(".md")],
         "embed": [demo, "--model", tiny_clip_spec, "--output", out],
         "score": [photo_dir, "--model", tiny_clip_spec, "--output", out.with_suffix(".csv")],
+        "cull": [photo_dir, "--model", tiny_clip_spec, "--output", out.with_suffix(".csv")],
+        "taste": ["fit", photo_dir, "--model", tiny_clip_spec, "--output", out.with_suffix(".safetensors")],
     }[command]
     result = CliRunner().invoke(app, [command, *map(str, args)], env=WIDE)
     assert result.exit_code == 130
@@ -166,7 +170,16 @@ def test_every_flag_has_one_form() -> None:
     assert overwrite == {"--overwrite"}
 
 
-IMAGE_COMMANDS = [("score",), ("evaluate",), ("compare",), ("embed",), ("prompts", "search")]
+IMAGE_COMMANDS = [
+    ("score",),
+    ("evaluate",),
+    ("compare",),
+    ("embed",),
+    ("prompts", "search"),
+    ("cull",),
+    ("taste", "fit"),
+    ("app",),
+]
 
 
 def test_one_batch_size_default_per_device(photo_dir: Path, tmp_path: Path, tiny_clip_spec: str) -> None:

@@ -9,6 +9,10 @@ from __future__ import annotations
 # Scores: AVA's 1-10 scale, one bin per integer score.
 N_BINS = 10
 
+# Images per model call when none is given, one default per device for every command (see
+# encoders.compute.default_batch_size for why).
+BATCH_SIZE_CPU, BATCH_SIZE_CUDA = 64, 256
+
 # The backbone used when none is named: CLIP ViT-B/32, the paper's model.
 DEFAULT_MODEL = "ViT-B-32"
 DEFAULT_PRETRAINED = "openai"

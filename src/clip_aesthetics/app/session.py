@@ -54,7 +54,7 @@ class ReviewSession:
         folder: str | Path,
         scorer,
         *,
-        batch_size: int = 32,
+        batch_size: int | None = None,
         workers: int | None = None,
         precision: str = "auto",
         export_to: str | Path | None = None,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from .main import EXIT_NOTHING_DONE, app, console, fail, user_errors, warn
+from .main import EXIT_NOTHING_DONE, app, console, fail, on_interrupt, user_errors, warn
 from .options import BatchSize, Device, Precision, Pretrained, Workers, ZeroShotScore
 
 taste_app = typer.Typer(no_args_is_help=True, help="Learn your own taste from your ratings.")
@@ -60,6 +60,10 @@ def _scores(scorer, features):
 
 @app.command()
 @user_errors
+@on_interrupt(
+    "every file written so far is whole (sidecars are replaced one at a time), the rest untouched; "
+    "rerun the same command to finish"
+)
 def cull(
     folder: Path = typer.Argument(..., help="The shoot: a folder of photos (walked recursively)."),
     output: Path = typer.Option(..., "--output", "-o", help="groups.csv (or .jsonl, .parquet)."),
@@ -91,7 +95,7 @@ def cull(
     negative: list[str] = typer.Option(None, "--negative", help="Negative prompt text (repeatable)."),
     prompts: Path = typer.Option(None, help="JSON or YAML file with 'positive' and 'negative' lists."),
     zeroshot_score: ZeroShotScore = None,
-    batch_size: BatchSize = 32,
+    batch_size: BatchSize = None,
     workers: Workers = None,
     device: Device = "auto",
     precision: Precision = "auto",
@@ -150,6 +154,7 @@ def cull(
 
 @taste_app.command("fit")
 @user_errors
+@on_interrupt("nothing was written to {output}")
 def taste_fit(
     folders: list[Path] = typer.Argument(..., help="Folders of photos you have rated (XMP sidecars)."),
     output: Path = typer.Option(..., "--output", "-o", help="The scorer file to write (.safetensors)."),
@@ -160,7 +165,7 @@ def taste_fit(
     negative: list[str] = typer.Option(None, "--negative", help="Generic score: negative prompts."),
     prompts: Path = typer.Option(None, help="Generic score: a prompts file."),
     zeroshot_score: ZeroShotScore = None,
-    batch_size: BatchSize = 32,
+    batch_size: BatchSize = None,
     workers: Workers = None,
     device: Device = "auto",
     precision: Precision = "auto",
@@ -231,7 +236,7 @@ def review_app(
     negative: list[str] = typer.Option(None, "--negative", help="Negative prompt text (repeatable)."),
     prompts: Path = typer.Option(None, help="JSON or YAML file with 'positive' and 'negative' lists."),
     zeroshot_score: ZeroShotScore = None,
-    batch_size: BatchSize = 32,
+    batch_size: BatchSize = None,
     workers: Workers = None,
     device: Device = "auto",
     precision: Precision = "auto",

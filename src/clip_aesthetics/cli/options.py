@@ -14,7 +14,15 @@ from typing import Annotated
 
 import typer
 
-from ..constants import ALL_DATASETS, EVAL_DATASETS, SPLIT_KINDS, SPLITS, ZEROSHOT_FORMULAS
+from ..constants import (
+    ALL_DATASETS,
+    BATCH_SIZE_CPU,
+    BATCH_SIZE_CUDA,
+    EVAL_DATASETS,
+    SPLIT_KINDS,
+    SPLITS,
+    ZEROSHOT_FORMULAS,
+)
 
 DatasetRoot = Annotated[Path, typer.Argument(help="Dataset folder (for --dataset csv: the CSV file).")]
 Dataset = Annotated[str, typer.Option("--dataset", "-d", help=f"Format: {', '.join(EVAL_DATASETS)}.")]
@@ -45,8 +53,6 @@ Model = Annotated[
 Pretrained = Annotated[
     str | None, typer.Option("--pretrained", help="Weights: a tag (default openai), a file, or 'none'.")
 ]
-# One default per device, the same in every command that runs a model on images (see batch_size_for).
-BATCH_SIZE_CPU, BATCH_SIZE_CUDA = 64, 256
 BatchSize = Annotated[
     int | None,
     typer.Option(
@@ -58,17 +64,13 @@ BatchSize = Annotated[
 
 
 def batch_size_for(device: str, batch_size: int | None) -> int:
-    """``batch_size``, or the default for ``device``.
-
-    A CPU gains nothing from more than a few dozen images per call (the cores are busy from the first
-    matrix product) and every image more is memory; a GPU needs hundreds to keep busy, and a batch that
-    does not fit its memory is split automatically, so the larger default costs nothing there.
-    """
+    """``batch_size``, or the default for ``device`` (see ``encoders.compute.default_batch_size``)."""
     if batch_size is not None:
         return batch_size
     from ..encoders.backbones import resolve_device  # torch: only once a command runs
+    from ..encoders.compute import default_batch_size
 
-    return BATCH_SIZE_CUDA if resolve_device(device).type == "cuda" else BATCH_SIZE_CPU
+    return default_batch_size(resolve_device(device))
 
 
 Workers = Annotated[

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..encoders.compute import autocast
+from ..encoders.compute import autocast, default_batch_size
 from ..encoders.prompts import cache_dir
 from ..fileio import atomic_path, atomic_write_json
 from ..pipeline.images import DEFAULT_MAX_PIXELS, find_images, is_raw_file, iter_batches
@@ -138,7 +138,7 @@ def analyse_folder(
     folder: str | os.PathLike,
     backbone,
     *,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     workers: int | None = None,
     precision: str = "auto",
     max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -149,8 +149,10 @@ def analyse_folder(
     """Analyse every photo of ``folder`` not in its cache yet; return the whole shoot.
 
     ``on_partial`` receives the photos analysed so far (a copy, in no particular order) at most every
-    :data:`PARTIAL_EVERY` seconds, so that a page can show them while the rest is analysed.
+    :data:`PARTIAL_EVERY` seconds, so that a page can show them while the rest is analysed. ``batch_size``
+    None: the default of the backbone's device, as in every command.
     """
+    batch_size = batch_size or default_batch_size(backbone.device)
     root = Path(folder)
     if not root.is_dir():
         raise NotADirectoryError(f"not a folder: {root}")

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from ..constants import BATCH_SIZE_CPU, BATCH_SIZE_CUDA
+
 
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX), where a bf16 tower runs ~2x fp32.
@@ -127,3 +129,13 @@ def threads_beside_workers(workers: int, device: torch.device | None = None) -> 
         yield torch.get_num_threads()
     finally:
         torch.set_num_threads(before)
+
+
+def default_batch_size(device: torch.device) -> int:
+    """Images per model call when none is given: the same default on a device in every command.
+
+    A CPU gains nothing from more than a few dozen images per call (the cores are busy from the first
+    matrix product) and every image more is memory; a GPU needs hundreds to keep busy, and a batch that
+    does not fit its memory is split automatically, so the larger default costs nothing there.
+    """
+    return BATCH_SIZE_CUDA if device.type == "cuda" else BATCH_SIZE_CPU
