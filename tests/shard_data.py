@@ -19,15 +19,20 @@ def encoded(seed: int, fmt: str = "JPEG") -> bytes:
     return buffer.getvalue()
 
 
-def write_tar(path: Path, members: list[tuple[str, bytes]], cut: int | None = None) -> Path:
-    """A tar of ``members`` (name, bytes) in order; ``cut`` keeps only its first ``cut`` bytes (torn)."""
+def tar_bytes(members: list[tuple[str, bytes]]) -> bytes:
+    """A tar archive of ``members`` (name, bytes) in order."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as archive:
         for name, data in members:
             info = tarfile.TarInfo(name)
             info.size = len(data)
             archive.addfile(info, io.BytesIO(data))
-    data = buffer.getvalue()
+    return buffer.getvalue()
+
+
+def write_tar(path: Path, members: list[tuple[str, bytes]], cut: int | None = None) -> Path:
+    """A tar of ``members`` (name, bytes) in order; ``cut`` keeps only its first ``cut`` bytes (torn)."""
+    data = tar_bytes(members)
     path.write_bytes(data[:cut] if cut is not None else data)
     return path
 

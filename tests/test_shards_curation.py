@@ -21,7 +21,7 @@ import pytest
 from clip_aesthetics.shards import Shard, iter_shard
 from clip_aesthetics.shards.pipeline import BatchScorer, collate_rows, decode_row, scored_schema, shard_rows
 from conftest import console_text
-from shard_data import encoded, write_curator_set, write_tar
+from shard_data import encoded, tar_bytes, write_curator_set, write_tar
 from test_shards import PROMPT_ARGS, read_folder, run, stats
 
 
@@ -255,16 +255,6 @@ def test_a_member_repeated_back_to_back_is_two_samples(tmp_path: Path) -> None:
     tar = write_tar(tmp_path / "r.tar", [("a.jpg", encoded(1)), ("a.jpg", encoded(2)), ("b.jpg", encoded(3))])
     samples = list(iter_shard(Shard(str(tar))))
     assert [(s.key, s.data) for s in samples] == [("a", encoded(1)), ("a", encoded(2)), ("b", encoded(3))]
-
-
-def tar_bytes(members: list[tuple[str, bytes]]) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as archive:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            archive.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
 
 
 def member_offsets(data: bytes) -> list[int]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -218,3 +219,8 @@ def test_a_taste_head_on_other_weights_warns_as_a_probe_does(tmp_path: Path, tin
     other = load_backbone(f"local-dir:{save_open_clip_dir(tmp_path / 'other', TINY_CLIP_CONFIG, seed=5)}")
     with pytest.warns(UserWarning, match="taste head was fitted on features of"):
         load_scorer(tmp_path / "t.safetensors", backbone=other)
+    with warnings.catch_warnings():  # on the weights it was fitted on: no warning
+        warnings.simplefilter("error")
+        same = load_scorer(tmp_path / "t.safetensors", backbone=prior.backbone)
+    assert np.allclose(same.score_features(torch.from_numpy(features)).score.numpy(),
+                       scorer.score_features(torch.from_numpy(features)).score.numpy())  # fmt: skip
