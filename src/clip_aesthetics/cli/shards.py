@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import signal
 import threading
@@ -113,10 +112,6 @@ def filter_command(
     """Select the best samples of a score folder: their keys, or new shards holding exactly those samples."""
     from ..shards.filter import filter_scores
 
-    if min_score is not None and not math.isfinite(min_score):
-        raise ValueError(f"--min-score must be a number, not {min_score}")
-    if top_percent is not None and not 0 < top_percent <= 100:
-        raise ValueError(f"--top-percent must be above 0 and at most 100, not {top_percent:g}")
     result = filter_scores(scores, output, min_score=min_score, top_percent=top_percent)
     for problem in result.problems:
         warn("not copied", problem)

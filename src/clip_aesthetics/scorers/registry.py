@@ -140,14 +140,27 @@ def load_scorer(path: str | os.PathLike, *, device: str | None = None, backbone:
     :meth:`~clip_aesthetics.scorers.base.Scorer.encoder_key`).
     """
     config, tensors = read_scorer_file(path)
-    cls = scorer_class(config.get("method"), path)
+    return scorer_from_saved(config, tensors, device=device, backbone=backbone, source=path)
+
+
+def scorer_from_saved(
+    config: dict,
+    tensors: dict,
+    *,
+    device: str | None = None,
+    backbone: Backbone | None = None,
+    source: str | os.PathLike = "",
+):
+    """The scorer a config and its tensors describe (a scorer file's contents, or a head handed over in
+    memory); its backbone is loaded from the spec the config names unless one is given."""
+    cls = scorer_class(config.get("method"), source)
     try:
         if backbone is None:
             backbone = backbone_for(config, device)
         return cls.from_saved(config, tensors, backbone).eval()
     except (KeyError, AttributeError, TypeError, IndexError) as exc:  # a field of the wrong shape or missing
         problem = f"{type(exc).__name__}: {exc}"
-        raise ValueError(f"{path}: malformed {cls.method} scorer config ({problem})") from None
+        raise ValueError(f"{source}: malformed {cls.method} scorer config ({problem})") from None
 
 
 def backbone_for(config: dict, device: str | None = None) -> Backbone:

@@ -60,10 +60,9 @@ class SavedHead:
         return cls(scorer.config(), {name: t.detach().cpu() for name, t in scorer.tensors().items()})
 
     def build(self, device: str | None = None):
-        from ..scorers.registry import backbone_for, scorer_class
+        from ..scorers.registry import scorer_from_saved
 
-        cls = scorer_class(self.config.get("method"))
-        return cls.from_saved(self.config, self.tensors, backbone_for(self.config, device)).eval()
+        return scorer_from_saved(self.config, self.tensors, device=device, source="the driver's head")
 
 
 class ScorerActor:

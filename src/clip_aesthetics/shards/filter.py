@@ -11,6 +11,7 @@ replaces the output folder whole (no shard of a previous cut survives).
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -97,10 +98,11 @@ def _read_scores(folder: Path):
     import pyarrow.parquet as pq
 
     files = sorted(p for p in folder.glob("*.parquet") if not p.name.startswith((".", "_")))
-    metas = {}
+    metas, schemas = {}, {}
     for file in files:
         try:
-            footer = pq.read_schema(file).metadata or {}
+            schemas[file] = pq.read_schema(file)
+            footer = schemas[file].metadata or {}
         except (pa.ArrowException, OSError) as exc:
             raise ValueError(
                 f"{file} is not a readable Parquet file ({exc}); move it out of {folder}"
@@ -120,8 +122,7 @@ def _read_scores(folder: Path):
     columns = ["key", "shard", "pos", "score", "digest"]
     tables = []
     for file in metas:
-        schema = pq.read_schema(file)
-        if not set(columns) <= set(schema.names):
+        if not set(columns) <= set(schemas[file].names):
             raise ValueError(
                 f"{file} has no pos/digest columns (an older version wrote it): rescore the shards"
             )
@@ -228,20 +229,8 @@ def _copy_tar_samples(url: str, wanted: dict[int, tuple], target: Path, settings
                 problems.append(why)
                 continue
             for info, data in group.members:
-                out.addfile(info, _Bytes(data))
+                out.addfile(info, io.BytesIO(data))
     return problems + _missing(wanted, seen)
-
-
-class _Bytes:
-    """A minimal file object over bytes, for tarfile.addfile."""
-
-    def __init__(self, data: bytes):
-        self.data, self.at = data, 0
-
-    def read(self, size: int = -1) -> bytes:
-        end = len(self.data) if size < 0 else self.at + size
-        chunk, self.at = self.data[self.at : end], min(end, len(self.data))
-        return chunk
 
 
 def _missing(wanted: dict[int, tuple], seen: set[int]) -> list[str]:
