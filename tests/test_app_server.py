@@ -4,6 +4,7 @@ loaded, checks every value in a request (422, never 500), and a wildcard --host 
 from __future__ import annotations
 
 import http.client
+import io
 import json
 import socket
 import threading
@@ -139,3 +140,22 @@ def test_the_app_command_serves_before_building_the_scorer(
     assert session.scorer is None and session.status["state"] == "starting"  # nothing loaded before serving
     session._analyse()  # what the background thread does
     assert session.status["state"] == "ready" and session.scorer.method == "zeroshot"
+
+
+def test_thumbnails_and_previews_are_served_while_the_shoot_is_analysed(photo_dir: Path, scorer) -> None:
+    """The page lists the photos analysed so far; their thumbnails and previews must load then too."""
+    from urllib.parse import quote
+
+    from PIL import Image
+
+    session = ReviewSession(photo_dir, scorer, workers=0)
+    session.scorer = scorer
+    session._analyse()
+    # the state while analysing: only the photos so far, no whole shoot yet
+    session.partial, session.partial_index, session.shoot = session.shoot, session.index, None
+    rel = next(iter(session.partial_index))
+    for port in serving(session):
+        for route in ("thumb", "photo"):
+            status, body = request(port, "GET", f"/{route}/{quote(rel)}")
+            assert status == 200, (route, body[:200])
+            assert Image.open(io.BytesIO(body)).size[0] > 0

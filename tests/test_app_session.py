@@ -15,7 +15,7 @@ from PIL import Image
 from clip_aesthetics.app.session import NotReady, ReviewSession
 from clip_aesthetics.app.why import grid_shape, occlusion_variants
 from clip_aesthetics.culling.cull import write_sidecars
-from clip_aesthetics.culling.xmp import Labels, read_labels
+from clip_aesthetics.culling.xmp import Labels, read_labels, sidecar_path
 from clip_aesthetics.encoders.backbones import load_backbone
 from clip_aesthetics.encoders.prompts import PromptGroups
 from clip_aesthetics.scorers import ZeroShotScorer
@@ -238,3 +238,32 @@ def test_names_that_are_not_utf8_are_listed_and_rated(photo_dir: Path, scorer) -
     assert read_labels(photo_dir / raw_name).rating == 2
     assert os.fsencode(raw_name + ".xmp") in os.listdir(os.fsencode(photo_dir))
     assert session.frame("caf\\xe9.jpg") is not None
+
+
+def test_a_pairs_rating_shows_from_the_raw_sidecar_while_analysing(
+    tmp_path: Path, scorer, monkeypatch
+) -> None:
+    """The provisional list reads a RAW+JPEG pair's labels where the final one does: the RAW's sidecar."""
+    from clip_aesthetics.culling import shoot as shoot_module
+    from raw_data import make_dng
+
+    monkeypatch.setattr(shoot_module, "PARTIAL_EVERY", 0.0)
+    folder = tmp_path / "shoot"
+    folder.mkdir()
+    image = photo(1)
+    image.save(folder / "pair.jpg", quality=92)
+    make_dng(image, folder / "pair.dng", taken="2024:05:01 10:00:00")
+    sidecar_path(folder / "pair.dng").write_text(  # the photographer rated the RAW; the JPEG has no sidecar
+        '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+        '<rdf:Description rdf:about="" xmlns:xmp="http://ns.adobe.com/xap/1.0/" xmp:Rating="4"/>'
+        "</rdf:RDF></x:xmpmeta>\n",
+        encoding="utf-8",
+    )
+    session = ReviewSession(folder, scorer, workers=0, batch_size=2)
+    seen = []
+    original = session._partial
+    session._partial = lambda shoot: (original(shoot), seen.append(session.photos()))
+    session._analyse()
+    provisional = [f for listing in seen for g in listing["groups"] for f in g["frames"]]
+    final = [f for g in session.photos()["groups"] for f in g["frames"]]
+    assert provisional and {f["stars"] for f in provisional} == {f["stars"] for f in final} == {4}

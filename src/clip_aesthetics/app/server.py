@@ -125,7 +125,7 @@ def create_app(session: ReviewSession, host: str = "127.0.0.1") -> FastAPI:
     @api.get("/thumb/{rel:path}")
     def thumb(rel: str) -> FileResponse:
         frame = _frame(session, rel)  # rel as text: see ReviewSession.frame
-        return FileResponse(session.shoot.cache / "thumbs" / frame["thumb"], headers=_cache_headers())
+        return FileResponse(session.cache / "thumbs" / frame["thumb"], headers=_cache_headers())
 
     @api.get("/photo/{rel:path}")
     def photo(rel: str) -> FileResponse:
@@ -199,7 +199,7 @@ def _preview(session: ReviewSession, rel: str, frame: dict) -> Path:
     from ..fileio import atomic_path
     from ..pipeline.images import ImageLoadError, open_image
 
-    target = session.shoot.cache / "previews" / frame["thumb"]
+    target = session.cache / "previews" / frame["thumb"]
     if not target.is_file():
         try:  # a RAW file's embedded preview when it is large enough, else LibRaw's decode
             image = open_image(session.root / frame["rel"], draft_size=PREVIEW_SIZE)
@@ -224,7 +224,7 @@ def _original(session: ReviewSession, rel: str, frame: dict) -> Path:
     path = session.root / frame["rel"]  # the name on disk (rel is its text form)
     if path.suffix.lower() in BROWSER_FORMATS:
         return path
-    target = session.shoot.cache / "originals" / frame["thumb"]
+    target = session.cache / "originals" / frame["thumb"]
     if not target.is_file():
         try:
             image = open_image(path)  # no draft size: every pixel

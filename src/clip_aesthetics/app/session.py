@@ -142,7 +142,7 @@ class ReviewSession:
             if labels is None:  # read once: the page asks every few seconds
                 labels = Labels()
                 with contextlib.suppress(XmpError):
-                    labels = read_labels(shoot.path(i))
+                    labels = read_labels(shoot.target(i), photo=shoot.path(i))
                 self._seen[frame["rel"]] = labels
             groups.append(
                 {
@@ -237,19 +237,33 @@ class ReviewSession:
                 "provisional": False,
             }
 
+    def _visible(self):
+        """``(shoot, index)`` the page sees: the analysed shoot, else the photos analysed so far (thumbnails
+        while the rest is analysed), else ``(None, {})``."""
+        if self.shoot is not None:
+            return self.shoot, self.index
+        if self.partial is not None:
+            return self.partial, self.partial_index
+        return None, {}
+
+    @property
+    def cache(self) -> Path:
+        """The shoot's cache folder (thumbnails, previews), the same for the partial and the whole shoot."""
+        shoot, _ = self._visible()
+        if shoot is None:
+            raise NotReady("the shoot is not analysed yet")
+        return shoot.cache
+
     def frame(self, rel: str) -> dict | None:
         """The analysed frame ``rel`` names, if it is one of the shoot's photos and still inside it."""
         from ..culling.shoot import inside
 
         rel = name_from_text(rel)  # the page knows names as text (undecodable bytes as \xNN)
         with self.lock:
-            if self.shoot is not None:
-                shoot, index = self.shoot, self.index
-            elif self.partial is not None:  # thumbnails while the rest is analysed
-                shoot, index = self.partial, self.partial_index
-            else:
-                return None
-            if rel not in index or not inside(self.root, self.root / rel):  # e.g. now a link leading out
+            shoot, index = self._visible()
+            if (
+                shoot is None or rel not in index or not inside(self.root, self.root / rel)
+            ):  # e.g. now a link leading out
                 return None
             return shoot.frames[index[rel]]
 

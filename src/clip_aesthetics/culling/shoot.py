@@ -160,6 +160,9 @@ def analyse_folder(
     (cache / "thumbs").mkdir(parents=True, exist_ok=True)
     known, known_features, known_errors = _load_cache(cache, backbone)
     files, pairs = shoot_files(root)
+    companions = {  # pairs follow the folder as it is now, not the cache
+        p.relative_to(root).as_posix(): raw.relative_to(root).as_posix() for p, raw in pairs.items()
+    }
     frames, rows, errors, todo = [], [], [], []
     for path in files:
         rel, stat = path.relative_to(root).as_posix(), path.stat()
@@ -174,7 +177,7 @@ def analyse_folder(
     if on_progress:
         on_progress(len(files) - len(todo), len(files))
     state = Shoot(root, cache, frames, _stack(rows, backbone.feature_dim), errors)
-    partial = _Partial(on_partial)
+    partial = _Partial(on_partial, companions)
     partial(state, [], force=True)  # the cached photos, at once
     if todo:
         _embed(
@@ -192,25 +195,28 @@ def analyse_folder(
         )
     if todo or len(known) + len(known_errors) > len(frames) + len(errors):  # new photos, or some gone
         _save_cache(state, backbone)
-    companions = {
-        p.relative_to(root).as_posix(): raw.relative_to(root).as_posix() for p, raw in pairs.items()
-    }
-    for frame in state.frames:  # pairs follow the folder as it is now, not the cache
-        frame["raw"] = companions.get(frame["rel"])
+    _attach_pairs(state.frames, companions)
     return _in_order(state, files)
+
+
+def _attach_pairs(frames: list[dict], companions: dict[str, str]) -> None:
+    """Each frame's RAW file of a RAW+JPEG pair (``raw``, else None): where its rating is written."""
+    for frame in frames:
+        frame["raw"] = companions.get(frame["rel"])
 
 
 class _Partial:
     """Hands the photos analysed so far to a callback, at most every :data:`PARTIAL_EVERY` seconds."""
 
-    def __init__(self, callback: Callable[[Shoot], None] | None) -> None:
-        self.callback, self.last = callback, float("-inf")
+    def __init__(self, callback: Callable[[Shoot], None] | None, companions: dict[str, str]) -> None:
+        self.callback, self.companions, self.last = callback, companions, float("-inf")
 
     def __call__(self, state: Shoot, new_rows: list[np.ndarray], force: bool = False) -> None:
         if self.callback is None or (not force and time.monotonic() - self.last < PARTIAL_EVERY):
             return
         self.last = time.monotonic()
         features = _merged(state.features, new_rows)
+        _attach_pairs(state.frames, self.companions)  # so a pair's rating is read from the RAW's sidecar
         self.callback(Shoot(state.root, state.cache, list(state.frames), features, list(state.errors)))
 
 
