@@ -235,11 +235,12 @@ class PartStore:
         """Positions in finished parts whose file is no longer what was scored (or was never recorded)."""
         changed = []
         for k in sorted(self.done):
-            table = pq.read_table(self.part_path(k))
-            if not set(FINGERPRINT) <= set(table.column_names):
+            if not set(FINGERPRINT) <= set(pq.read_schema(self.part_path(k)).names):
                 changed.extend(self.part_range(k))
                 continue
-            columns = [table[c].to_pylist() for c in ("position", *FINGERPRINT)]
+            wanted = ("position", *FINGERPRINT)  # not the scores nor the embeddings: a rerun reads every part
+            table = pq.read_table(self.part_path(k), columns=list(wanted))
+            columns = [table[c].to_pylist() for c in wanted]
             for position, *recorded in zip(*columns, strict=True):
                 if not unchanged_since(names[position], tuple(recorded)):
                     changed.append(position)
