@@ -176,11 +176,6 @@ def split_kind(kind: str, split_file: str | Path | None = None) -> str:
     return kind
 
 
-def is_split_kind(kind: str) -> bool:
-    """official, random or file:PATH."""
-    return kind in ("official", "random") or (kind.startswith(FILE_KIND) and len(kind) > len(FILE_KIND))
-
-
 def _split_file_ids(path: Path) -> list[str]:
     """Image ids of one of the authors' split files: an id, then ten normalised vote fractions, per line.
 
