@@ -9,11 +9,12 @@ it. 25 variants for a 3:2 frame instead of 65 for an 8 x 8 grid: a few seconds o
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import torch
-import torchvision.transforms.functional as TF
 
-from ..pipeline.images import _INTERPOLATIONS, open_image
+from ..pipeline.images import open_image, prepare
 
 CELLS = 6  # cells along the long side of the frame
 
@@ -38,17 +39,12 @@ def occlusion_variants(image: torch.Tensor, rows: int, cols: int | None = None) 
     return variants
 
 
-def whole_frame(photo, cfg) -> torch.Tensor:
-    """The whole photo resized to the model's input (squashed, nothing cropped), uint8 (3, size, size)."""
-    squashed = TF.resize(photo, [cfg.size, cfg.size], interpolation=_INTERPOLATIONS[cfg.interpolation])
-    return torch.from_numpy(np.array(squashed, dtype=np.uint8)).permute(2, 0, 1).contiguous()
-
-
 def occlusion_map(scorer, path, precision: str = "auto") -> dict:
     """The heat map of ``path`` under ``scorer``: the whole frame's score and per-cell contributions."""
     photo = open_image(path, draft_size=2 * scorer.backbone.preprocess_cfg.size)
     rows, cols = grid_shape(*photo.size)
-    variants = occlusion_variants(whole_frame(photo, scorer.backbone.preprocess_cfg), rows, cols)
+    whole = dataclasses.replace(scorer.backbone.preprocess_cfg, resize_mode="squash")  # nothing cropped
+    variants = occlusion_variants(prepare(photo, whole), rows, cols)
     scores = scorer.score_images(variants, precision).score.numpy()
     contributions = (scores[0] - scores[1:]).reshape(rows, cols)
     return {
