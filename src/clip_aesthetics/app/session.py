@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import sys
 import threading
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -374,18 +373,17 @@ class ReviewSession:
 
     def _reload_taste(self) -> None:
         """The taste learned in an earlier session of this shoot (same model), if there is one."""
-        from ..scorers.registry import load_scorer
+        from ..scorers.registry import load_scorer, read_scorer_config
 
         path = self.shoot.cache / TASTE_FILE
         if not path.is_file():
             return
         try:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                scorer = load_scorer(path, backbone=self.generic.backbone)
+            fitted_on = (read_scorer_config(path).get("backbone") or {}).get("weights_id")
+            if fitted_on and fitted_on != self.generic.backbone.weights_id:  # other weights: not reloaded
+                return
+            scorer = load_scorer(path, backbone=self.generic.backbone)
         except Exception:  # unreadable: the generic score ranks, as before any taste
-            return
-        if any("fitted on features of" in str(w.message) for w in caught):  # other weights: not reloaded
             return
         if scorer.method == "taste" and scorer.fit:
             self._use_taste(scorer, scorer.fit)
