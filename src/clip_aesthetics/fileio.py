@@ -160,12 +160,17 @@ def file_digest(path: str | os.PathLike) -> str:
     stat = os.stat(real)
     key = (real, stat.st_size, stat.st_mtime_ns)
     if key not in _digests:
-        sha = hashlib.sha256()
-        with open(real, "rb") as handle:
-            while chunk := handle.read(_DIGEST_CHUNK):
-                sha.update(chunk)
-        _digests[key] = "sha256:" + sha.hexdigest()
+        _digests[key] = "sha256:" + _sha256_hex(real)
     return _digests[key]
+
+
+def _sha256_hex(path: str | os.PathLike) -> str:
+    """The sha256 of a file's bytes (hex), read in chunks; not remembered."""
+    sha = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_DIGEST_CHUNK):
+            sha.update(chunk)
+    return sha.hexdigest()
 
 
 def folder_digest(folder: str | os.PathLike) -> str:
@@ -326,14 +331,11 @@ def unchanged_since(path: str | os.PathLike, recorded: tuple) -> bool:
 
 
 def _content_sha256(path: str | os.PathLike) -> str | None:
-    sha = hashlib.sha256()
+    """:func:`_sha256_hex`, None for a file that cannot be read (a fingerprint then never matches)."""
     try:
-        with open(path, "rb") as handle:
-            while chunk := handle.read(_DIGEST_CHUNK):
-                sha.update(chunk)
+        return _sha256_hex(path)
     except OSError:
         return None
-    return sha.hexdigest()
 
 
 class OutputBusyError(RuntimeError):
